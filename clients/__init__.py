@@ -1,0 +1,2 @@
+"""fedsim's client side: the Flower ClientApp and the local methods (learners, later query
+strategies and attacks)."""

@@ -1,0 +1,188 @@
+"""The base local learner: it runs the training loop and exposes narrow hooks.
+
+A new local method (a robust loss, a partial-label method, a semi-supervised method, an attack's
+poisoned training) subclasses :class:`Learner` and overrides :meth:`Learner.loss` and, where it keeps
+state across rounds, :meth:`Learner.on_train_start` / :meth:`Learner.on_train_end`. It does not copy
+the loop.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedsim.data import to_float
+from fedsim.errors import ConfigError
+from fedsim.registry import Registry
+
+LOCAL: Registry[type[Learner]] = Registry("local")
+
+LABEL_KINDS = ("clean", "noisy", "partial", "semi")
+
+
+@dataclass
+class ClientData:
+    """What one client holds: images (uint8, shared with the process) and its labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: Sequence[float]
+    std: Sequence[float]
+    num_classes: int
+    label_kind: str = "clean"
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+@dataclass
+class TrainResult:
+    """Outcome of one local training call."""
+
+    num_examples: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Learner:
+    """Local mini-batch training with a pluggable loss.
+
+    Parameters
+    ----------
+    epochs
+        Local epochs per round.
+    batch_size
+        Mini-batch size.
+    optimizer
+        ``"sgd"`` or ``"adam"``; the optimizer is created anew every round.
+    lr, momentum, weight_decay
+        Optimizer settings (momentum is ignored by Adam).
+    """
+
+    #: Kinds of labels this learner can use (checked at start, see :func:`check_label_kind`).
+    label_kinds: ClassVar[frozenset[str]] = frozenset({"clean"})
+
+    def __init__(
+        self,
+        *,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ) -> None:
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.optimizer = optimizer
+        self.lr = lr
+        self.momentum = momentum
+        self.weight_decay = weight_decay
+
+    # ---- hooks --------------------------------------------------------------------------------
+    def make_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        """Build this round's optimizer."""
+        if self.optimizer == "adam":
+            return torch.optim.Adam(model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
+        )
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Loss of one mini-batch and the logits it was computed from.
+
+        ``idx`` are the batch's positions in the client's data (for per-sample state).
+        """
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
+        """Called before the loop; ``state`` persists across rounds for this client."""
+
+    def on_train_end(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
+        """Called after the loop."""
+
+    # ---- the loop -----------------------------------------------------------------------------
+    def train(
+        self,
+        model: nn.Module,
+        data: ClientData,
+        *,
+        device: torch.device,
+        generator: torch.Generator,
+        proximal_mu: float = 0.0,
+        state: dict[str, Any] | None = None,
+    ) -> TrainResult:
+        """Train ``model`` in place on ``data``; return the example count and mean metrics.
+
+        With ``proximal_mu > 0`` the FedProx term ``mu/2 * ||w - w_global||^2`` is added, where
+        ``w_global`` is the model as received.
+        """
+        state = {} if state is None else state
+        n = len(data)
+        if n == 0:
+            return TrainResult(0, {})
+        model.to(device)
+        model.train()
+        self.on_train_start(model, data, state)
+        global_params = (
+            [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
+        )
+        opt = self.make_optimizer(model)
+        loss_sum, correct, seen = 0.0, 0, 0
+        for _ in range(self.epochs):
+            order = torch.randperm(n, generator=generator)
+            for start in range(0, n, self.batch_size):
+                idx = order[start : start + self.batch_size]
+                if idx.numel() < 2 and n >= 2:  # BatchNorm needs > 1 sample; drop a last single
+                    continue
+                xb = to_float(data.x[idx].to(device), data.mean, data.std)
+                yb = data.y[idx].to(device)
+                loss, logits = self.loss(model, xb, yb, idx)
+                if proximal_mu > 0:
+                    prox = sum(
+                        ((p - g) ** 2).sum()
+                        for p, g in zip(model.parameters(), global_params, strict=True)
+                    )
+                    loss = loss + 0.5 * proximal_mu * prox
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                b = int(idx.numel())
+                loss_sum += float(loss.detach()) * b
+                if yb.dim() == 1:
+                    correct += int((logits.detach().argmax(1) == yb).sum())
+                seen += b
+        self.on_train_end(model, data, state)
+        metrics = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        return TrainResult(n, metrics)
+
+
+def check_label_kind(name: str, learner_cls: type[Learner], label_kind: str) -> None:
+    """Refuse a learner that cannot use a client's kind of labels, with one clear line."""
+    if label_kind not in learner_cls.label_kinds:
+        raise ConfigError(
+            f"local method {name!r} cannot train on {label_kind!r} labels: it accepts "
+            f"{', '.join(sorted(learner_cls.label_kinds))}"
+        )
+
+
+def build_learner(name: str, params: Mapping[str, Any]) -> Learner:
+    """Instantiate the learner registered as ``name`` with ``params`` (checked against its
+    signature, so a typo gives a one-line error listing the allowed parameters)."""
+    cls = LOCAL.get(name)
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ConfigError(
+            f"invalid local parameter {unknown[0]!r} for local method {name!r}: allowed "
+            f"{', '.join(allowed)}"
+        )
+    return cls(**params)

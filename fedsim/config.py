@@ -1,0 +1,166 @@
+"""Composing, validating and shipping fedsim's configuration.
+
+Hydra config groups in ``conf/`` are the single source of defaults. Library code never reads Hydra's
+global state: :func:`compose` composes the tree in a scoped context (used by the apps under
+``flwr run`` and by tests), and the CLI hands the composed config to :func:`fedsim.runner.run`.
+The apps receive the whole resolved config as JSON in Flower's run config, so the same apps run
+under simulation and deployment.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+import conf as _conf_pkg
+from fedsim.constants import RUN_CONFIG_JSON_KEY, RUN_CONFIG_OVERRIDES_KEY
+from fedsim.errors import ConfigError, invalid
+
+CONF_DIR = Path(_conf_pkg.__file__).resolve().parent
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def compose(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with Hydra-style ``overrides`` (no Hydra global state kept).
+
+    Raises
+    ------
+    ConfigError
+        If an override names an unknown option or key.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    OmegaConf.set_struct(cfg, False)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def to_run_config(cfg: DictConfig) -> dict[str, str]:
+    """Flower run config carrying the whole resolved config."""
+    return {RUN_CONFIG_JSON_KEY: json.dumps(OmegaConf.to_container(cfg, resolve=True))}
+
+
+def from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
+    """The config an app runs with: the JSON sent by ``fedsim run``, else the conf/ defaults with
+    the run config's ``overrides`` string (``flwr run --run-config 'overrides="rounds=5"'``)."""
+    if run_config.get(RUN_CONFIG_JSON_KEY):
+        return OmegaConf.create(json.loads(str(run_config[RUN_CONFIG_JSON_KEY])))
+    overrides = shlex.split(str(run_config.get(RUN_CONFIG_OVERRIDES_KEY, "") or ""))
+    cfg = compose(overrides)
+    validate(cfg)
+    return cfg
+
+
+def _number(cfg: DictConfig, key: str) -> float:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid(key, value, "a number")
+    return float(value)
+
+
+def _int_at_least(cfg: DictConfig, key: str, low: int) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise invalid(key, value, f"an integer >= {low}")
+    return value
+
+
+def clients_per_round(cfg: DictConfig) -> int:
+    """Clients sampled per round: an integer count, or a fraction of ``num_clients`` in (0, 1]."""
+    value = cfg.clients_per_round
+    n = int(cfg.num_clients)
+    allowed = f"an integer in [1, num_clients={n}] or a fraction in (0, 1]"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise invalid("clients_per_round", value, allowed)
+    if isinstance(value, float) and not value.is_integer():
+        if not 0 < value <= 1:
+            raise invalid("clients_per_round", value, allowed)
+        return max(1, round(value * n))
+    if not 1 <= value <= n:
+        raise invalid("clients_per_round", value, allowed)
+    return int(value)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check names and values before any work starts; raise one-line :class:`ConfigError`."""
+    from clients.learners import LOCAL
+    from fedsim.data import DATASETS, PARTITIONERS
+    from fedsim.engine import ENGINES
+    from fedsim.models import MODELS
+    from strategies import STRATEGIES
+
+    for group, registry in (
+        ("dataset", DATASETS),
+        ("partition", PARTITIONERS),
+        ("model", MODELS),
+        ("strategy", STRATEGIES),
+        ("local", LOCAL),
+        ("engine", ENGINES),
+    ):
+        node = cfg.get(group)
+        if not isinstance(node, Mapping) or "name" not in node:
+            raise ConfigError(f"missing config group {group!r}: pick one of {registry.names()}")
+        registry.get(str(node["name"]))
+
+    _int_at_least(cfg, "num_clients", 1)
+    clients_per_round(cfg)
+    _int_at_least(cfg, "rounds", 1)
+    _int_at_least(cfg, "eval_every", 1)
+    _int_at_least(cfg, "checkpoint_every", 0)
+    _int_at_least(cfg, "federated_eval_every", 0)
+    _int_at_least(cfg, "min_clients", 1)
+    _int_at_least(cfg, "eval_batch_size", 1)
+    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
+        raise invalid("seed", cfg.seed, "an integer >= 0")
+    if _number(cfg, "round_timeout") <= 0:
+        raise invalid("round_timeout", cfg.round_timeout, "a number of seconds > 0")
+    if _number(cfg, "longtail_rho") < 1:
+        raise invalid("longtail_rho", cfg.longtail_rho, "a number >= 1 (1: no long tail)")
+    if "alpha" in cfg.partition and not _number(cfg, "partition.alpha") > 0:
+        raise invalid("partition.alpha", cfg.partition.alpha, "a number > 0")
+    for key in ("partition.min_partition_size", "partition.classes_per_client"):
+        if OmegaConf.select(cfg, key) is not None:
+            _int_at_least(cfg, key, 1 if key.endswith("client") else 0)
+    _int_at_least(cfg, "local.epochs", 1)
+    _int_at_least(cfg, "local.batch_size", 1)
+    if not _number(cfg, "local.lr") > 0:
+        raise invalid("local.lr", cfg.local.lr, "a number > 0")
+    gpus = _number(cfg, "engine.client_gpus")
+    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+        raise invalid("engine.client_gpus", cfg.engine.client_gpus, "0, a fraction in (0, 1] or a whole number")
+    if not _number(cfg, "engine.client_cpus") > 0:
+        raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
+    device = str(cfg.device)
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise invalid("device", device, "auto, cpu, cuda or cuda:N")
+    from strategies import check_strategy_params
+
+    check_strategy_params(cfg)
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def finite_or_none(value: float) -> float | None:
+    """JSON-friendly float."""
+    return value if math.isfinite(value) else None

@@ -1,0 +1,87 @@
+"""The simulated federation's data: one dataset in memory per process, partitioned by the config.
+
+Every process (the server, each Ray actor, each SuperNode) computes the same partition from the
+config alone, since the partition is seeded. The arrays are loaded once per process and clients
+index into them; nothing is reloaded per client or per round.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from clients.learners import ClientData
+from fedsim.data import DatasetArrays, load_dataset, longtail_indices, partition_dataset
+
+
+@dataclass(frozen=True)
+class Federation:
+    """A dataset with its train split partitioned over clients.
+
+    Attributes
+    ----------
+    data
+        The whole dataset (uint8 tensors shared by all clients of this process).
+    train_indices
+        Indices into ``data.train_x`` kept after the optional long-tail subsampling.
+    partitions
+        One sorted index array per client, indexing ``data.train_x`` directly.
+    """
+
+    data: DatasetArrays
+    train_indices: np.ndarray
+    partitions: tuple[np.ndarray, ...]
+
+    def client_data(self, partition_id: int) -> ClientData:
+        """The data held by client ``partition_id``."""
+        idx = torch.from_numpy(self.partitions[partition_id])
+        return ClientData(
+            x=self.data.train_x[idx],
+            y=self.data.train_y[idx],
+            mean=self.data.mean,
+            std=self.data.std,
+            num_classes=self.data.num_classes,
+        )
+
+
+def _key(cfg: DictConfig) -> str:
+    part = OmegaConf.to_container(cfg.partition, resolve=True)
+    assert isinstance(part, dict)
+    return json.dumps(
+        {
+            "dataset": [cfg.dataset.name, str(cfg.dataset.root), bool(cfg.dataset.download)],
+            "partition": part,
+            "num_clients": int(cfg.num_clients),
+            "seed": int(cfg.seed),
+            "longtail_rho": float(cfg.longtail_rho),
+        },
+        sort_keys=True,
+    )
+
+
+def build_federation(cfg: DictConfig) -> Federation:
+    """The federation described by ``cfg`` (cached per process)."""
+    return _build(_key(cfg))
+
+
+@lru_cache(maxsize=4)
+def _build(key: str) -> Federation:
+    spec: dict[str, Any] = json.loads(key)
+    name, root, download = spec["dataset"]
+    data = load_dataset(name, root=root, download=download)
+    labels = data.train_y.numpy()
+    seed = spec["seed"]
+    rho = spec["longtail_rho"]
+    keep = np.arange(len(labels))
+    if rho != 1.0:
+        keep = longtail_indices(labels, rho, np.random.default_rng([seed, 1]))
+    params = {k: v for k, v in spec["partition"].items() if k != "name"}
+    local = partition_dataset(spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params)
+    partitions = tuple(np.asarray(keep[p], dtype=np.int64) for p in local)
+    return Federation(data=data, train_indices=keep, partitions=partitions)

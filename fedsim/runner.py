@@ -1,0 +1,101 @@
+"""``run(cfg)``: one federated run, as a plain function (the CLI only wraps it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from fedsim import constants as C
+from fedsim.config import validate
+from fedsim.errors import ConfigError
+from fedsim.outputs import write_text_atomic
+
+#: Keys that may change when a run is resumed (everything else must match the saved config).
+RESUMABLE_KEYS = (
+    "rounds", "progress", "verbose", "tensorboard", "device", "round_timeout",
+    "checkpoint_every", "engine",
+)
+
+
+def resume_config(run_dir: Path, changes: DictConfig | None = None) -> DictConfig:
+    """The saved config of ``run_dir``, with the allowed ``changes`` applied.
+
+    Raises
+    ------
+    ConfigError
+        If ``run_dir`` holds no fedsim config, or ``changes`` touches a key that cannot change.
+    """
+    path = Path(run_dir) / C.CONFIG_FILE
+    if not path.is_file():
+        raise ConfigError(f"cannot resume {str(run_dir)!r}: no {C.CONFIG_FILE} there (not a fedsim run directory)")
+    saved = OmegaConf.load(path)
+    assert isinstance(saved, DictConfig)
+    if changes is not None:
+        for key in RESUMABLE_KEYS:
+            if key in changes:
+                saved[key] = changes[key]
+    saved.resume = str(run_dir)
+    saved.output_dir = str(run_dir)
+    return saved
+
+
+def prepare(cfg: DictConfig) -> None:
+    """Everything that can fail on bad input, before any output is written."""
+    from fedsim.federation import build_federation
+    from fedsim.models import build_model
+    from strategies import build_strategy
+
+    validate(cfg)
+    if not cfg.get("output_dir"):
+        raise ConfigError("output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)")
+    fed = build_federation(cfg)  # loads the data once; refuses more clients than samples
+    build_model(
+        str(cfg.model.name), num_classes=fed.data.num_classes, in_channels=fed.data.in_channels,
+        image_size=fed.data.image_size, params=dict(cfg.model.get("params") or {}),
+    )
+    build_strategy(cfg)
+    from clients.learners import build_learner
+
+    build_learner(str(cfg.local.name), {k: v for k, v in cfg.local.items() if k != "name"})
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run one simulated federation described by ``cfg``; return its summary.
+
+    Writes the resolved config, the partition histogram and heatmap, then lets the configured
+    engine drive the Flower apps. The ServerApp writes metrics, checkpoints, TensorBoard events,
+    the accuracy plot and ``summary.json`` into ``cfg.output_dir``.
+    """
+    from fedsim.data import write_partition_report
+    from fedsim.engine import ENGINES
+    from fedsim.federation import build_federation
+
+    prepare(cfg)
+    run_dir = Path(cfg.output_dir).resolve()
+    cfg.output_dir = str(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / C.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
+    fed = build_federation(cfg)
+    labels = fed.data.train_y.numpy()
+    write_partition_report(run_dir, labels, list(fed.partitions), fed.data.num_classes)
+    if not cfg.get("verbose"):
+        for name in ("flwr", "alembic", "ray"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    engine = ENGINES.get(str(cfg.engine.name))
+    if cfg.progress:
+        from server.workflow import config_summary
+
+        print(f"fedsim: {config_summary(cfg)}\nfedsim: run dir {run_dir}", flush=True)
+    engine(cfg)
+    summary_path = run_dir / C.SUMMARY_FILE
+    if not summary_path.is_file():
+        raise RuntimeError(f"the run ended without writing {summary_path}")
+    import json
+
+    summary: dict[str, Any] = json.loads(summary_path.read_text())
+    return summary

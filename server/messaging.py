@@ -1,0 +1,42 @@
+"""Sending messages to nodes and collecting their replies, with a deadline and a stop signal."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+#: Set by a simulation engine when it stops (normally or on failure): a ServerApp thread that is
+#: still waiting for replies then ends instead of blocking the process until its timeout.
+ENGINE_STOP = threading.Event()
+
+
+class EngineStopped(RuntimeError):
+    """The simulation engine stopped while the server was waiting for replies."""
+
+
+def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+    """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
+
+    Polls quickly at first (replies of small clients come within milliseconds), backing off to
+    0.1 s, and raises :class:`EngineStopped` if :data:`ENGINE_STOP` is set meanwhile.
+    """
+    pending = {mid for mid in grid.push_messages(messages) if mid}
+    replies: list[Message] = []
+    deadline = time.monotonic() + timeout
+    interval = 0.001
+    while pending and time.monotonic() < deadline:
+        got = list(grid.pull_messages(list(pending)))
+        if got:
+            replies.extend(got)
+            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            interval = 0.001
+            continue
+        if ENGINE_STOP.is_set():
+            raise EngineStopped("the simulation engine stopped while the server awaited replies")
+        time.sleep(interval)
+        interval = min(interval * 2, 0.1)
+    return replies

@@ -1,0 +1,35 @@
+"""Checks of client replies before aggregation (pure functions)."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ArrayRecord, Message
+
+from fedsim.constants import ARRAYS_KEY, NUM_EXAMPLES_KEY
+
+
+def train_reply_problem(reply: Message, reference: ArrayRecord) -> str | None:
+    """Why a train reply must not be aggregated, or None when it is well formed.
+
+    A reply is refused when it is an error, lacks the model or the example count, or when its
+    arrays differ from ``reference`` in names, shapes or dtypes, or hold NaN/inf.
+    """
+    if reply.has_error():
+        return f"client error: {reply.error.reason}"
+    content = reply.content
+    if ARRAYS_KEY not in content.array_records:
+        return f"reply has no {ARRAYS_KEY!r} ArrayRecord"
+    metrics = content.metric_records
+    if not any(NUM_EXAMPLES_KEY in m for m in metrics.values()):
+        return f"reply has no {NUM_EXAMPLES_KEY!r} metric"
+    arrays = content.array_records[ARRAYS_KEY]
+    if list(arrays.keys()) != list(reference.keys()):
+        return f"reply has {len(arrays)} arrays named differently from the model's {len(reference)}"
+    for name, arr in arrays.items():
+        ref = reference[name]
+        if tuple(arr.shape) != tuple(ref.shape) or arr.dtype != ref.dtype:
+            return f"array {name!r} is {arr.dtype}{list(arr.shape)}, expected {ref.dtype}{list(ref.shape)}"
+        values = arr.numpy()
+        if values.dtype.kind == "f" and not np.isfinite(values).all():
+            return f"array {name!r} holds NaN or inf"
+    return None
