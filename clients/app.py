@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
@@ -62,7 +62,9 @@ def partition_id(context: Context, cfg: DictConfig) -> int:
 def resident_model(cfg: DictConfig, arrays: ArrayRecord) -> ClassifierModel:
     """A model instance kept per process (built once), loaded with ``arrays``."""
     fed = build_federation(cfg)
-    key = json.dumps([cfg.model.name, dict(cfg.model.get("params") or {}), fed.data.name], default=str)
+    key = json.dumps(
+        [cfg.model.name, dict(cfg.model.get("params") or {}), fed.data.name], default=str
+    )
     model = _MODEL_CACHE.get(key)
     if model is None:
         model = build_model(
@@ -103,7 +105,7 @@ def _save_state(context: Context, state: dict[str, Any]) -> None:
     arrays = {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
     scalars = {k: v for k, v in state.items() if not isinstance(v, np.ndarray)}
     if arrays:
-        context.state["learner-arrays"] = ArrayRecord({k: v for k, v in arrays.items()})  # type: ignore[arg-type]
+        context.state["learner-arrays"] = ArrayRecord({k: Array(v) for k, v in arrays.items()})
     if scalars:
         context.state["learner-config"] = ConfigRecord(scalars)
 
@@ -129,7 +131,7 @@ def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition with the configured learner."""
     cfg, pid, model, device = _setup(msg, context)
     config = msg.content.config_records[CONFIG_KEY]
-    server_round = int(config[SERVER_ROUND_KEY])
+    server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
     data = build_federation(cfg).client_data(pid)
     learner_params = {k: v for k, v in dict(cfg.local).items() if k != "name"}
     learner = build_learner(str(cfg.local.name), learner_params)
@@ -143,7 +145,7 @@ def train(msg: Message, context: Context) -> Message:
         data,
         device=device,
         generator=generator,
-        proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),
+        proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),  # type: ignore[arg-type]
         state=state,
     )
     _save_state(context, state)
@@ -163,7 +165,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, pid, model, device = _setup(msg, context)
     data = build_federation(cfg).client_data(pid)
     loss, acc = evaluate_model(
-        model, data.x, data.y, mean=data.mean, std=data.std, device=device,
+        model,
+        data.x,
+        data.y,
+        mean=data.mean,
+        std=data.std,
+        device=device,
         batch_size=int(cfg.eval_batch_size),
     )
     metrics = {NUM_EXAMPLES_KEY: len(data), EVAL_LOSS: loss, EVAL_ACCURACY: acc}

@@ -35,8 +35,9 @@ def _hydra_run(argv: list[str]) -> int:
     def _main(cfg: DictConfig) -> float | None:
         OmegaConf.set_struct(cfg, False)
         hc = HydraConfig.get()
-        cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-        assert isinstance(cfg, DictConfig)
+        resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+        assert isinstance(resolved, DictConfig)
+        cfg = resolved
         cfg.pop("hydra", None)
         try:
             if cfg.get("resume"):
@@ -83,7 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
-    print(f"fedsim: error: unknown command {command!r}: allowed run, report\n\n{USAGE}", file=sys.stderr)
+    print(
+        f"fedsim: error: unknown command {command!r}: allowed run, report\n\n{USAGE}",
+        file=sys.stderr,
+    )
     return 2
 
 

@@ -141,7 +141,11 @@ def validate(cfg: DictConfig) -> None:
         raise invalid("local.lr", cfg.local.lr, "a number > 0")
     gpus = _number(cfg, "engine.client_gpus")
     if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
-        raise invalid("engine.client_gpus", cfg.engine.client_gpus, "0, a fraction in (0, 1] or a whole number")
+        raise invalid(
+            "engine.client_gpus",
+            cfg.engine.client_gpus,
+            "0, a fraction in (0, 1] or a whole number",
+        )
     if not _number(cfg, "engine.client_cpus") > 0:
         raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
     device = str(cfg.device)

@@ -82,6 +82,8 @@ def _build(key: str) -> Federation:
     if rho != 1.0:
         keep = longtail_indices(labels, rho, np.random.default_rng([seed, 1]))
     params = {k: v for k, v in spec["partition"].items() if k != "name"}
-    local = partition_dataset(spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params)
+    local = partition_dataset(
+        spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params
+    )
     partitions = tuple(np.asarray(keep[p], dtype=np.int64) for p in local)
     return Federation(data=data, train_indices=keep, partitions=partitions)

@@ -16,8 +16,14 @@ from fedsim.outputs import write_text_atomic
 
 #: Keys that may change when a run is resumed (everything else must match the saved config).
 RESUMABLE_KEYS = (
-    "rounds", "progress", "verbose", "tensorboard", "device", "round_timeout",
-    "checkpoint_every", "engine",
+    "rounds",
+    "progress",
+    "verbose",
+    "tensorboard",
+    "device",
+    "round_timeout",
+    "checkpoint_every",
+    "engine",
 )
 
 
@@ -31,7 +37,9 @@ def resume_config(run_dir: Path, changes: DictConfig | None = None) -> DictConfi
     """
     path = Path(run_dir) / C.CONFIG_FILE
     if not path.is_file():
-        raise ConfigError(f"cannot resume {str(run_dir)!r}: no {C.CONFIG_FILE} there (not a fedsim run directory)")
+        raise ConfigError(
+            f"cannot resume {str(run_dir)!r}: no {C.CONFIG_FILE} there (not a fedsim run directory)"
+        )
     saved = OmegaConf.load(path)
     assert isinstance(saved, DictConfig)
     if changes is not None:
@@ -51,11 +59,16 @@ def prepare(cfg: DictConfig) -> None:
 
     validate(cfg)
     if not cfg.get("output_dir"):
-        raise ConfigError("output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)")
+        raise ConfigError(
+            "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
+        )
     fed = build_federation(cfg)  # loads the data once; refuses more clients than samples
     build_model(
-        str(cfg.model.name), num_classes=fed.data.num_classes, in_channels=fed.data.in_channels,
-        image_size=fed.data.image_size, params=dict(cfg.model.get("params") or {}),
+        str(cfg.model.name),
+        num_classes=fed.data.num_classes,
+        in_channels=fed.data.in_channels,
+        image_size=fed.data.image_size,
+        params=dict(cfg.model.get("params") or {}),
     )
     build_strategy(cfg)
     from clients.learners import build_learner

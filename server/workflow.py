@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 from omegaconf import DictConfig, OmegaConf
@@ -61,8 +61,13 @@ class FLWorkflow:
         """Centralized evaluation of the global model on the test split."""
         data = self.federation.data
         loss, acc = evaluate_model(
-            model, data.test_x, data.test_y, mean=data.mean, std=data.std,
-            device=self.device, batch_size=int(self.cfg.eval_batch_size),
+            model,
+            data.test_x,
+            data.test_y,
+            mean=data.mean,
+            std=data.std,
+            device=self.device,
+            batch_size=int(self.cfg.eval_batch_size),
         )
         return {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc}
 
@@ -78,8 +83,10 @@ class FLWorkflow:
         data = self.federation.data
         torch.manual_seed(int(self.cfg.seed))
         return build_model(
-            str(self.cfg.model.name), num_classes=data.num_classes,
-            in_channels=data.in_channels, image_size=data.image_size,
+            str(self.cfg.model.name),
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            image_size=data.image_size,
             params=dict(self.cfg.model.get("params") or {}),
         )
 
@@ -98,8 +105,10 @@ class FLWorkflow:
         replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
         for reply in replies:
             if reply.has_error():
-                raise RuntimeError(f"node {reply.metadata.src_node_id} failed: {reply.error.reason}")
-            pid = int(reply.content.config_records[C.QUERY_PARTITION][C.PARTITION_ID_KEY])
+                raise RuntimeError(
+                    f"node {reply.metadata.src_node_id} failed: {reply.error.reason}"
+                )
+            pid = int(reply.content.config_records[C.QUERY_PARTITION][C.PARTITION_ID_KEY])  # type: ignore[arg-type]
             if pid in self.node_of:
                 raise RuntimeError(f"two nodes claim partition-id {pid}")
             self.node_of[pid] = reply.metadata.src_node_id
@@ -109,7 +118,11 @@ class FLWorkflow:
 
     # ---- rounds -------------------------------------------------------------------------------
     def train_round(
-        self, grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
+        self,
+        grid: Grid,
+        strategy: Strategy,
+        server_round: int,
+        arrays: ArrayRecord,
         sampled: list[int],
     ) -> tuple[ArrayRecord, dict[str, Any], int]:
         """One round of training; returns the new arrays, train metrics and the failure count."""
@@ -126,8 +139,12 @@ class FLWorkflow:
                 good.append(reply)
             else:
                 failures += 1
-                log.warning("round %d, client %s refused: %s", server_round,
-                            pid_of.get(reply.metadata.src_node_id), problem)
+                log.warning(
+                    "round %d, client %s refused: %s",
+                    server_round,
+                    pid_of.get(reply.metadata.src_node_id),
+                    problem,
+                )
         if len(good) < int(self.cfg.min_clients):
             raise RuntimeError(
                 f"round {server_round}: {len(good)} of {len(messages)} clients replied usably "
@@ -139,15 +156,25 @@ class FLWorkflow:
         return new_arrays, dict(metrics or {}), failures
 
     def federated_evaluate(
-        self, grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord,
+        self,
+        grid: Grid,
+        strategy: Strategy,
+        server_round: int,
+        arrays: ArrayRecord,
         sampled: list[int],
     ) -> dict[str, float]:
         """Clients evaluate the global model on their partitions (weighted means)."""
         view = SampledGrid(grid, [self.node_of[p] for p in sampled])
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), view))
         replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
-        _, metrics = strategy.aggregate_evaluate(server_round, [r for r in replies if not r.has_error()])
-        return {f"federated_{k}": float(v) for k, v in dict(metrics or {}).items() if k != C.NUM_EXAMPLES_KEY}
+        metrics = strategy.aggregate_evaluate(
+            server_round, [r for r in replies if not r.has_error()]
+        )
+        return {
+            f"federated_{k}": float(v)  # type: ignore[arg-type]
+            for k, v in dict(metrics or {}).items()
+            if k != C.NUM_EXAMPLES_KEY
+        }
 
     # ---- the loop -----------------------------------------------------------------------------
     def run(self, grid: Grid) -> dict[str, Any]:
@@ -164,7 +191,7 @@ class FLWorkflow:
             if ckpt_path is not None:
                 ckpt = load_checkpoint(ckpt_path)
                 start = int(ckpt["round"])
-                arrays = ArrayRecord(ckpt["arrays"])
+                arrays = ArrayRecord({k2: Array(v) for k2, v in ckpt["arrays"].items()})
                 for attr, value in ckpt.get("strategy_state", {}).items():
                     setattr(strategy, attr, value)
                 done = [r for r in read_metrics(self.run_dir) if r[C.ROUND] <= start]
@@ -180,7 +207,9 @@ class FLWorkflow:
             for rnd in range(start + 1, rounds + 1):
                 t_round = time.monotonic()
                 sampled = sample_partitions(int(cfg.seed), rnd, int(cfg.num_clients), k)
-                arrays, train_metrics, failures = self.train_round(grid, strategy, rnd, arrays, sampled)
+                arrays, train_metrics, failures = self.train_round(
+                    grid, strategy, rnd, arrays, sampled
+                )
                 record: dict[str, Any] = {
                     C.ROUND: rnd,
                     C.TRAIN_LOSS: train_metrics.get(C.TRAIN_LOSS),
@@ -201,11 +230,19 @@ class FLWorkflow:
                 self._progress(record, rounds)
                 every = int(cfg.checkpoint_every)
                 if rnd == rounds or (every and rnd % every == 0):
-                    state = {a: getattr(strategy, a) for a in STATE_ATTRS if getattr(strategy, a, None) is not None}
-                    save_checkpoint(self.run_dir, rnd, {
-                        "arrays": {k2: v.numpy() for k2, v in arrays.items()},
-                        "strategy_state": state,
-                    })
+                    state = {
+                        a: getattr(strategy, a)
+                        for a in STATE_ATTRS
+                        if getattr(strategy, a, None) is not None
+                    }
+                    save_checkpoint(
+                        self.run_dir,
+                        rnd,
+                        {
+                            "arrays": {k2: v.numpy() for k2, v in arrays.items()},
+                            "strategy_state": state,
+                        },
+                    )
                 self.on_round_end(rnd, record)
         metrics = read_metrics(self.run_dir)
         summary = write_summary(self.run_dir, metrics, seed=int(cfg.seed))
@@ -217,8 +254,11 @@ class FLWorkflow:
         if not self.cfg.progress:
             return
         parts = [f"round {record[C.ROUND]:>{len(str(rounds))}}/{rounds}"]
-        for key, label in ((C.TRAIN_LOSS, "train_loss"), (C.EVAL_LOSS, "eval_loss"),
-                           (C.EVAL_ACCURACY, "eval_acc")):
+        for key, label in (
+            (C.TRAIN_LOSS, "train_loss"),
+            (C.EVAL_LOSS, "eval_loss"),
+            (C.EVAL_ACCURACY, "eval_acc"),
+        ):
             value = record.get(key)
             if value is not None and np.isfinite(value):
                 parts.append(f"{label} {value:.4f}")

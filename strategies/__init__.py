@@ -72,7 +72,11 @@ def fedavgm(*, server_learning_rate: float = 1.0, server_momentum: float = 0.9) 
 
 @STRATEGIES.register("fedadam")
 def fedadam(
-    *, eta: float = 0.01, eta_l: float = 0.1, beta_1: float = 0.9, beta_2: float = 0.99,
+    *,
+    eta: float = 0.01,
+    eta_l: float = 0.1,
+    beta_1: float = 0.9,
+    beta_2: float = 0.99,
     tau: float = 0.001,
 ) -> Strategy:
     """FedAdam (Reddi et al., 2021)."""
@@ -81,7 +85,11 @@ def fedadam(
 
 @STRATEGIES.register("fedyogi")
 def fedyogi(
-    *, eta: float = 0.01, eta_l: float = 0.0316, beta_1: float = 0.9, beta_2: float = 0.99,
+    *,
+    eta: float = 0.01,
+    eta_l: float = 0.0316,
+    beta_1: float = 0.9,
+    beta_2: float = 0.99,
     tau: float = 0.001,
 ) -> Strategy:
     """FedYogi (Reddi et al., 2021)."""
@@ -112,7 +120,8 @@ def krum(*, num_malicious_nodes: int = 0) -> Strategy:
 def multikrum(*, num_malicious_nodes: int = 0, num_nodes_to_select: int = 5) -> Strategy:
     """Multi-Krum (Blanchard et al., 2017): mean of the ``num_nodes_to_select`` best by Krum."""
     return MultiKrum(
-        num_malicious_nodes=num_malicious_nodes, num_nodes_to_select=num_nodes_to_select,
+        num_malicious_nodes=num_malicious_nodes,
+        num_nodes_to_select=num_nodes_to_select,
         **_common(),
     )
 
@@ -127,8 +136,7 @@ def strategy_params(cfg: DictConfig) -> dict[str, Any]:
     """The strategy's parameters from ``cfg.strategy`` (all keys but ``name``)."""
     params = OmegaConf.to_container(cfg.strategy, resolve=True)
     assert isinstance(params, dict)
-    params.pop("name", None)
-    return params
+    return {str(k): v for k, v in params.items() if k != "name"}
 
 
 def check_strategy_params(cfg: DictConfig) -> None:

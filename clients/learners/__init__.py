@@ -3,7 +3,7 @@
 Learners are registered by name in :data:`LOCAL` and selected by the Hydra config group ``local``.
 """
 
-from clients.learners.base import LOCAL, ClientData, Learner, TrainResult, build_learner
 from clients.learners import supervised as _supervised  # noqa: F401  (registers "supervised")
+from clients.learners.base import LOCAL, ClientData, Learner, TrainResult, build_learner
 
 __all__ = ["LOCAL", "ClientData", "Learner", "TrainResult", "build_learner"]

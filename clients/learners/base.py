@@ -132,9 +132,7 @@ class Learner:
         model.to(device)
         model.train()
         self.on_train_start(model, data, state)
-        global_params = (
-            [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
-        )
+        global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
         opt = self.make_optimizer(model)
         loss_sum, correct, seen = 0.0, 0, 0
         for _ in range(self.epochs):

@@ -1,0 +1,162 @@
+"""Config tree <-> registries, composition, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clients.learners import LOCAL
+from fedsim.config import (
+    CONF_DIR,
+    clients_per_round,
+    compose,
+    from_run_config,
+    to_run_config,
+    validate,
+)
+from fedsim.data import DATASETS, PARTITIONERS
+from fedsim.engine import ENGINES
+from fedsim.errors import ConfigError
+from fedsim.models import MODELS
+from fedsim.registry import Registry
+from fedsim.runner import prepare
+from strategies import STRATEGIES
+
+GROUPS = {
+    "dataset": DATASETS,
+    "partition": PARTITIONERS,
+    "model": MODELS,
+    "strategy": STRATEGIES,
+    "local": LOCAL,
+    "engine": ENGINES,
+}
+
+
+@pytest.mark.parametrize("group", sorted(GROUPS))
+def test_every_config_maps_to_a_registered_entry_and_back(group: str) -> None:
+    registry = GROUPS[group]
+    assert registry.kind == group
+    names = {}
+    for path in sorted((CONF_DIR / group).glob("*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        assert node["name"] == path.stem, f"{path}: name differs from the file name"
+        names[path.stem] = node
+    assert sorted(names) == registry.names()
+
+
+def test_registry_refuses_duplicates_and_lists_valid_names() -> None:
+    reg: Registry[int] = Registry("thing")
+    reg.register("a")(1)
+    with pytest.raises(ValueError, match="duplicate"):
+        reg.register("a")(2)
+    with pytest.raises(ConfigError, match="valid thing names are a"):
+        reg.get("b")
+
+
+def test_default_config_composes_and_validates() -> None:
+    cfg = compose()
+    validate(cfg)
+    assert cfg.dataset.name == "digits" and cfg.partition.name == "dirichlet"
+    assert cfg.partition.alpha == 0.5 and cfg.num_clients == 10 and cfg.strategy.name == "fedavg"
+
+
+def test_issue_overrides_compose() -> None:
+    cfg = compose(
+        [
+            "dataset=mnist",
+            "dataset.root=../shared/data",
+            "partition=dirichlet",
+            "partition.alpha=0.1",
+            "num_clients=100",
+            "clients_per_round=10",
+            "rounds=50",
+            "model=cnn",
+            "strategy=fedprox",
+            "strategy.mu=0.01",
+            "local.epochs=2",
+            "seed=3",
+        ]
+    )
+    validate(cfg)
+    assert (cfg.dataset.name, cfg.model.name, cfg.strategy.mu, cfg.local.epochs) == (
+        "mnist",
+        "cnn",
+        0.01,
+        2,
+    )
+    assert clients_per_round(cfg) == 10
+
+
+def test_run_config_round_trip() -> None:
+    cfg = compose(["rounds=4", "strategy=fedavgm"])
+    back = from_run_config(to_run_config(cfg))
+    assert back == cfg
+    via_overrides = from_run_config({"fedsim-config": "", "overrides": "rounds=4 strategy=fedavgm"})
+    assert via_overrides.rounds == 4 and via_overrides.strategy.name == "fedavgm"
+
+
+def test_clients_per_round_as_fraction() -> None:
+    cfg = compose(["num_clients=20", "clients_per_round=0.25"])
+    assert clients_per_round(cfg) == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        (["dataset=nope"], "dataset.*nope"),
+        (
+            ["model.name=transformer"],
+            "unknown model 'transformer': valid model names are cnn, cnn4conv, mlp",
+        ),
+        (["strategy.name=fedfoo"], "unknown strategy 'fedfoo'.*fedavg"),
+        (["partition.name=zipf"], "unknown partition 'zipf'.*dirichlet"),
+        (["partition.alpha=0"], r"invalid partition.alpha=0: allowed a number > 0"),
+        (["partition.alpha=-1"], r"invalid partition.alpha=-1"),
+        (
+            ["clients_per_round=11"],
+            r"invalid clients_per_round=11: allowed an integer in \[1, num_clients=10\]",
+        ),
+        (["clients_per_round=1.5"], r"invalid clients_per_round=1.5.*fraction in \(0, 1\]"),
+        (["clients_per_round=0"], r"invalid clients_per_round=0"),
+        (["rounds=0"], r"invalid rounds=0: allowed an integer >= 1"),
+        (["num_clients=0"], r"invalid num_clients=0"),
+        (["engine.client_gpus=1.5"], r"invalid engine.client_gpus=1.5"),
+        (["device=tpu"], r"invalid device='tpu'"),
+        (["longtail_rho=0.5"], r"invalid longtail_rho=0.5"),
+        (
+            ["strategy=bulyan", "strategy.num_malicious_nodes=2"],
+            r"clients_per_round=10: allowed at least 11",
+        ),
+        (
+            ["strategy=fedprox", "+strategy.muu=0.1"],
+            r"invalid strategy parameter 'muu' for strategy 'fedprox': allowed mu",
+        ),
+        (["+local.lr_decay=0.1"], r"invalid local parameter 'lr_decay'"),
+    ],
+)
+def test_bad_input_is_one_clear_line(overrides: list[str], pattern: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        cfg = compose(overrides)
+        cfg.output_dir = "unused"
+        prepare(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    assert re.search(pattern, message), message
+
+
+def test_more_clients_than_samples_fails_before_any_output(tmp_path: Path) -> None:
+    cfg = compose(["num_clients=5000", "clients_per_round=10", "partition=iid"])
+    cfg.output_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match="num_clients=5000.*more clients than samples"):
+        prepare(cfg)
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_dataset_names_where_it_looked(tmp_path: Path) -> None:
+    cfg = compose(["dataset=mnist", f"dataset.root={tmp_path}"])
+    cfg.output_dir = str(tmp_path / "run")
+    with pytest.raises(ConfigError, match=f"{tmp_path}.*download"):
+        prepare(cfg)

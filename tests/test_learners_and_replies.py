@@ -1,0 +1,165 @@
+"""Local learner loop, FedProx term, seeding, and reply validation (no Ray, no Grid)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, Error, Message, MetricRecord, RecordDict
+
+from clients.learners import ClientData, build_learner
+from clients.learners.base import LOCAL, Learner, check_label_kind
+from fedsim.config import compose
+from fedsim.errors import ConfigError
+from fedsim.federation import build_federation
+from fedsim.models import build_model
+from fedsim.seeding import client_seed, sample_partitions
+from server.validation import train_reply_problem
+
+
+def _toy_data(n: int = 64) -> ClientData:
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (n,), generator=g)
+    x = (
+        y.view(-1, 1, 1, 1).expand(n, 1, 8, 8) * 200
+        + torch.randint(0, 40, (n, 1, 8, 8), generator=g)
+    ).to(torch.uint8)
+    return ClientData(x=x, y=y, mean=(0.5,), std=(0.5,), num_classes=2)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model("mlp", num_classes=2, in_channels=1, image_size=8, params={"hidden": [16]})
+
+
+def test_supervised_learner_fits_a_separable_toy_set() -> None:
+    data = _toy_data()
+    model = _model()
+    learner = build_learner("supervised", {"epochs": 5, "batch_size": 16, "lr": 0.1})
+    result = learner.train(
+        model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(1)
+    )
+    assert result.num_examples == 64
+    with torch.no_grad():
+        from fedsim.data import to_float
+
+        acc = (model(to_float(data.x, data.mean, data.std)).argmax(1) == data.y).float().mean()
+    assert acc == 1.0
+    assert result.metrics["train_loss"] < 0.69  # below chance-level cross-entropy
+
+
+def test_same_seed_same_local_update() -> None:
+    data = _toy_data()
+    outs = []
+    for _ in range(2):
+        model = _model()
+        build_learner("supervised", {"epochs": 1, "batch_size": 8}).train(
+            model, data, device=torch.device("cpu"), generator=torch.Generator().manual_seed(7)
+        )
+        outs.append(torch.cat([p.flatten() for p in model.parameters()]))
+    assert torch.equal(outs[0], outs[1])
+
+
+def test_proximal_term_pulls_towards_the_global_model() -> None:
+    data = _toy_data()
+    start = torch.cat([p.flatten() for p in _model().parameters()]).detach()
+    drift = {}
+    for mu in (0.0, 10.0):
+        model = _model()
+        build_learner("supervised", {"epochs": 3, "batch_size": 8, "lr": 0.1}).train(
+            model,
+            data,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(3),
+            proximal_mu=mu,
+        )
+        drift[mu] = float(
+            (torch.cat([p.detach().flatten() for p in model.parameters()]) - start).norm()
+        )
+    assert drift[10.0] < 0.5 * drift[0.0]
+
+
+def test_learner_refuses_labels_it_cannot_use() -> None:
+    with pytest.raises(
+        ConfigError, match="'supervised' cannot train on 'partial' labels: it accepts clean"
+    ):
+        check_label_kind("supervised", LOCAL.get("supervised"), "partial")
+
+
+def test_learner_base_is_the_supervised_loop() -> None:
+    assert issubclass(LOCAL.get("supervised"), Learner)
+
+
+def test_sampling_is_seeded_sorted_and_varies_by_round() -> None:
+    a = sample_partitions(0, 1, 100, 10)
+    assert a == sample_partitions(0, 1, 100, 10)
+    assert a == sorted(a) and len(set(a)) == 10 and all(0 <= p < 100 for p in a)
+    assert a != sample_partitions(0, 2, 100, 10)
+    assert a != sample_partitions(1, 1, 100, 10)
+    assert client_seed(0, 1, 2) != client_seed(0, 1, 3)
+
+
+def test_client_data_indexes_the_shared_arrays() -> None:
+    cfg = compose()
+    fed = build_federation(cfg)
+    d0 = fed.client_data(0)
+    idx = torch.from_numpy(fed.partitions[0])
+    assert torch.equal(d0.x, fed.data.train_x[idx]) and torch.equal(d0.y, fed.data.train_y[idx])
+    assert sum(len(p) for p in fed.partitions) == len(fed.data.train_y)
+    assert build_federation(cfg) is fed  # built once per process
+
+
+class _Reply:
+    """The two things validation reads of a reply Message: its error and its content."""
+
+    def __init__(self, content: RecordDict | None = None, error: Error | None = None) -> None:
+        self.content, self.error = content, error
+
+    def has_error(self) -> bool:
+        return self.error is not None
+
+
+def _reply(content: RecordDict) -> Message:
+    return _Reply(content)  # type: ignore[return-value]
+
+
+def _arrays(**overrides: np.ndarray) -> ArrayRecord:
+    base = {"w": np.ones((2, 3), np.float32), "b": np.zeros(3, np.float32)}
+    base.update(overrides)
+    return ArrayRecord({k: Array(v) for k, v in base.items()})
+
+
+@pytest.mark.parametrize(
+    ("arrays", "metrics", "pattern"),
+    [
+        (_arrays(), {"num-examples": 3}, None),
+        (_arrays(w=np.full((2, 3), np.nan, np.float32)), {"num-examples": 3}, "NaN or inf"),
+        (_arrays(w=np.full((2, 3), np.inf, np.float32)), {"num-examples": 3}, "NaN or inf"),
+        (_arrays(w=np.ones((3, 2), np.float32)), {"num-examples": 3}, "expected float32"),
+        (_arrays(b=np.zeros(3, np.float64)), {"num-examples": 3}, "float64"),
+        (
+            ArrayRecord({"w": Array(np.ones((2, 3), np.float32))}),
+            {"num-examples": 3},
+            "named differently",
+        ),
+        (_arrays(), {"loss": 1.0}, "num-examples"),
+    ],
+)
+def test_malformed_updates_are_refused(
+    arrays: ArrayRecord, metrics: dict, pattern: str | None
+) -> None:
+    reply = _reply(RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)}))
+    problem = train_reply_problem(reply, _arrays())
+    if pattern is None:
+        assert problem is None
+    else:
+        assert problem is not None and pattern in problem
+
+
+def test_error_reply_is_refused() -> None:
+    err = _Reply(error=Error(code=0, reason="boom"))
+    assert train_reply_problem(err, _arrays()) == "client error: boom"  # type: ignore[arg-type]
+    assert (
+        train_reply_problem(_reply(RecordDict({})), _arrays())
+        == "reply has no 'arrays' ArrayRecord"
+    )
