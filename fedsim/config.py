@@ -128,6 +128,8 @@ def validate(cfg: DictConfig) -> None:
         raise invalid("seed", cfg.seed, "an integer >= 0")
     if _number(cfg, "round_timeout") <= 0:
         raise invalid("round_timeout", cfg.round_timeout, "a number of seconds > 0")
+    if cfg.get("max_train_samples") is not None:
+        _int_at_least(cfg, "max_train_samples", 1)
     if _number(cfg, "longtail_rho") < 1:
         raise invalid("longtail_rho", cfg.longtail_rho, "a number >= 1 (1: no long tail)")
     if "alpha" in cfg.partition and not _number(cfg, "partition.alpha") > 0:

@@ -30,6 +30,7 @@ CLIENTS_SAMPLED = "clients_sampled"  # list of sampled partition ids
 FAILURES = "failures"  # number of failed client replies this round
 WALL_SECONDS = "wall_seconds"  # seconds since the run started, at the end of this round
 ROUND_SECONDS = "round_seconds"  # seconds this round took
+TIMESTAMP = "timestamp"  # unix time at the end of the round
 
 # --- TensorBoard tags -------------------------------------------------------------------------
 TB_TAGS = {

@@ -60,6 +60,7 @@ def _key(cfg: DictConfig) -> str:
             "num_clients": int(cfg.num_clients),
             "seed": int(cfg.seed),
             "longtail_rho": float(cfg.longtail_rho),
+            "max_train_samples": cfg.get("max_train_samples"),
         },
         sort_keys=True,
     )
@@ -79,8 +80,12 @@ def _build(key: str) -> Federation:
     seed = spec["seed"]
     rho = spec["longtail_rho"]
     keep = np.arange(len(labels))
+    subset = spec.get("max_train_samples")
+    if subset is not None and subset < len(keep):
+        keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(keep))[:subset])
     if rho != 1.0:
-        keep = longtail_indices(labels, rho, np.random.default_rng([seed, 1]))
+        kept = longtail_indices(labels[keep], rho, np.random.default_rng([seed, 1]))
+        keep = keep[kept]
     params = {k: v for k, v in spec["partition"].items() if k != "name"}
     local = partition_dataset(
         spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params

@@ -226,6 +226,7 @@ class FLWorkflow:
                 now = time.monotonic()
                 record[C.ROUND_SECONDS] = now - t_round
                 record[C.WALL_SECONDS] = wall_offset + now - t0
+                record[C.TIMESTAMP] = time.time()
                 writer.log_round(record)
                 self._progress(record, rounds)
                 every = int(cfg.checkpoint_every)

@@ -14,7 +14,7 @@ from fedsim.config import compose
 from fedsim.outputs import read_metrics
 from fedsim.runner import resume_config, run
 
-TIMING = {C.WALL_SECONDS, C.ROUND_SECONDS}
+TIMING = {C.WALL_SECONDS, C.ROUND_SECONDS, C.TIMESTAMP}
 
 
 def _run(tmp: Path, name: str, overrides: list[str]) -> Path:

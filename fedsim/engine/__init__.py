@@ -15,6 +15,7 @@ from fedsim.registry import Registry
 
 ENGINES: Registry[Callable[[DictConfig], None]] = Registry("engine")
 
+from fedsim.engine import fast as _fast  # noqa: E402,F401  (registers "fast")
 from fedsim.engine import flower as _flower  # noqa: E402,F401  (registers "flower")
 
 __all__ = ["ENGINES"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -35,18 +37,26 @@ class LeNetCNN(ClassifierModel):
         Width of the fully connected embedding layer.
     """
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int, hidden: int) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        in_channels: int,
+        image_size: int,
+        hidden: int,
+        channels: tuple[int, int] | tuple[int, ...] = (32, 64),
+    ) -> None:
         super().__init__()
+        c1, c2 = channels
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 32, kernel_size=5, padding=2),
+            nn.Conv2d(in_channels, c1, kernel_size=5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, kernel_size=5, padding=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
             nn.ReLU(inplace=True),
             nn.MaxPool2d(2),
             nn.Flatten(),
         )
-        flat = 64 * _pooled(image_size, 2) ** 2
+        flat = c2 * _pooled(image_size, 2) ** 2
         self.fc = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(inplace=True))
         self.embedding_dim = hidden
         self.classifier = nn.Linear(hidden, num_classes)
@@ -97,11 +107,22 @@ class CNN4Conv(ClassifierModel):
 
 
 @MODELS.register("cnn")
-def cnn(*, num_classes: int, in_channels: int, image_size: int, hidden: int = 512) -> LeNetCNN:
-    """Build a :class:`LeNetCNN`; ``hidden`` is the embedding width (default 512)."""
+def cnn(
+    *,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    hidden: int = 512,
+    channels: Sequence[int] = (32, 64),
+) -> LeNetCNN:
+    """Build a :class:`LeNetCNN`; ``hidden`` is the embedding width (default 512) and
+    ``channels`` the widths of the two convolutions (default 32, 64)."""
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise invalid("model.hidden", hidden, "an integer >= 1")
-    return LeNetCNN(num_classes, in_channels, image_size, hidden)
+    chans = tuple(channels)
+    if len(chans) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in chans):
+        raise invalid("model.channels", list(chans), "two integers >= 1")
+    return LeNetCNN(num_classes, in_channels, image_size, hidden, chans)
 
 
 @MODELS.register("cnn4conv")

@@ -1,0 +1,244 @@
+#!/usr/bin/env python
+"""Benchmark fedsim's simulation engines against each other and against the compute bound.
+
+For each workload (clients x samples per client; a small CNN on 28x28 inputs; 10 rounds; every
+client trains every round; 1 local epoch, batch 32, SGD) it runs, each in a fresh process:
+
+- ``engine=flower``: Flower's stock simulation runtime;
+- ``engine=fast``: fedsim's actor-pool grid;
+
+and, in this process, the **compute bound**: the same local SGD steps (same clients, data, batch
+order, one torch thread) run sequentially with no framework, divided by the number of workers.
+
+Columns:
+- ``startup s``: from launching the process to the end of round 1, minus one steady round
+  (imports, Ray, actors, data, first-call costs: everything a run pays once);
+- ``s/round``: mean wall seconds of rounds 2..R (server-side evaluation is off);
+- ``peak RSS GiB``: peak of the summed proportional set size (PSS) of the run's process tree
+  (driver, Ray's daemons, workers), sampled every 0.25 s;
+- ``x bound``: s/round divided by the compute bound's s/round.
+
+Usage::
+
+    python scripts/bench_engine.py                       # all workloads, both engines
+    python scripts/bench_engine.py --workloads 10x600 --engines fast --rounds 5
+    python scripts/bench_engine.py --markdown docs/results/engine.md
+    python scripts/bench_engine.py --device cuda --client-gpus 0.25   # GPU rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_WORKLOADS = ("10x600", "50x120", "200x30", "1000x6")
+MODEL = ["model=cnn", "model.params.channels=[8,16]", "+model.params.hidden=64"]
+
+
+def overrides(clients: int, samples: int, rounds: int, engine: str, args: argparse.Namespace) -> list[str]:
+    """The fedsim config of one benchmark run."""
+    data = ["dataset=mnist", f"dataset.root={args.data_root}"] if args.data_root else []
+    return [
+        *data,
+        *MODEL,
+        f"num_clients={clients}",
+        f"clients_per_round={clients}",
+        f"max_train_samples={clients * samples}",
+        "partition=iid",
+        f"rounds={rounds}",
+        f"eval_every={rounds}",
+        "checkpoint_every=0",
+        "tensorboard=false",
+        "local.epochs=1",
+        "local.batch_size=32",
+        "local.lr=0.05",
+        f"engine={engine}",
+        f"engine.client_cpus={args.client_cpus}",
+        f"engine.client_gpus={args.client_gpus}",
+        f"device={args.device}",
+        "progress=false",
+    ]
+
+
+# ---- child: one run in a fresh process --------------------------------------------------------
+def child(argv: list[str]) -> None:
+    from fedsim.config import compose
+    from fedsim.runner import run
+
+    out = Path(argv[0])
+    cfg = compose(argv[1:])
+    cfg.output_dir = str(out)
+    run(cfg)
+
+
+def _tree_pss(pid: int) -> int:
+    import psutil
+
+    total = 0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_full_info().pss
+        except psutil.Error:
+            continue
+    return total
+
+
+def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Run one engine on one workload in a subprocess; return its timings and peak memory."""
+    from fedsim.outputs import read_metrics
+
+    with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as tmp:
+        out = Path(tmp) / "run"
+        cmd = [sys.executable, __file__, "--child", str(out),
+               *overrides(clients, samples, args.rounds, engine, args)]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        launch = time.time()
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        peak = 0
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tree_pss(proc.pid))
+                done.wait(0.25)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        output, _ = proc.communicate()
+        done.set()
+        sampler.join()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{engine} {clients}x{samples} failed:\n{output[-3000:]}")
+        metrics = read_metrics(out)
+    rounds = [r["round_seconds"] for r in metrics]
+    steady = sum(rounds[1:]) / max(1, len(rounds) - 1)
+    first_end = metrics[0]["timestamp"]
+    return {
+        "startup": first_end - launch - steady,
+        "per_round": steady,
+        "peak_gib": peak / 2**30,
+        "accuracy": metrics[-1].get("eval_accuracy"),
+    }
+
+
+def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float:
+    """Seconds per round of the same local SGD in one process, divided by the workers."""
+    import torch
+
+    from clients.learners import build_learner
+    from fedsim.config import compose
+    from fedsim.federation import build_federation
+    from fedsim.models import build_model
+    from fedsim.seeding import client_seed
+
+    cfg = compose(overrides(clients, samples, 2, "flower", args))
+    fed = build_federation(cfg)
+    torch.set_num_threads(max(1, int(args.client_cpus)))
+    device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
+    torch.manual_seed(0)
+    model = build_model("cnn", num_classes=fed.data.num_classes, in_channels=fed.data.in_channels,
+                        image_size=fed.data.image_size, params={"channels": [8, 16], "hidden": 64}).to(device)
+    init = {k: v.clone() for k, v in model.state_dict().items()}
+    learner = build_learner("supervised", {"epochs": 1, "batch_size": 32, "lr": 0.05})
+    times = []
+    for rnd in (1, 2, 3):
+        t0 = time.perf_counter()
+        for pid in range(clients):
+            model.load_state_dict(init)
+            seed = client_seed(0, rnd, pid)
+            learner.train(model, fed.client_data(pid), device=device,
+                          generator=torch.Generator().manual_seed(seed))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    per_round = min(times[1:])  # after warm-up
+    workers = max(1, int(args.workers))
+    return per_round / workers
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--child":
+        child(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), help="CLIENTSxSAMPLES")
+    ap.add_argument("--engines", nargs="+", default=["flower", "fast"])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data")
+                    if (REPO.parent / "shared" / "data" / "MNIST").is_dir() else "",
+                    help="folder with MNIST (torchvision layout); empty: digits upscaled is not used, "
+                         "the run uses scikit-learn digits (8x8)")
+    ap.add_argument("--client-cpus", type=float, default=1.0)
+    ap.add_argument("--client-gpus", type=float, default=0.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                    help="workers that share the compute bound (default: CPU count)")
+    ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
+    args = ap.parse_args()
+    if args.client_gpus > 0 and args.workers == (os.cpu_count() or 1):
+        args.workers = max(1, int(round(1 / args.client_gpus)))
+
+    rows = []
+    for w in args.workloads:
+        clients, samples = (int(v) for v in w.lower().split("x"))
+        bound = compute_bound(clients, samples, args)
+        rows.append({"workload": w, "engine": "compute bound", "startup": None, "per_round": bound,
+                     "peak_gib": None, "x_bound": 1.0})
+        print(f"{w}: compute bound {bound:.3f} s/round", flush=True)
+        for engine in args.engines:
+            r = measure(clients, samples, engine, args)
+            r.update(workload=w, engine=engine, x_bound=r["per_round"] / bound)
+            rows.append(r)
+            print(f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
+                  f"({r['x_bound']:.2f}x bound), peak {r['peak_gib']:.2f} GiB", flush=True)
+    table = render(rows, args)
+    print(table)
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table + "\n")
+
+
+def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    """A Markdown table of the results, with the speed-up of fast over flower per workload."""
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    device = args.device if args.client_gpus == 0 else f"{args.device}, client_gpus={args.client_gpus}"
+    lines = [
+        f"Workloads: clients x samples, small CNN (conv 8/16, fc 64) on 28x28, {args.rounds} rounds, "
+        f"all clients every round, 1 epoch, batch 32; device {device}; {args.workers} worker(s); "
+        f"{os.cpu_count()} CPU cores.",
+        "",
+        "| workload | engine | startup s | s/round | x bound | peak RSS GiB | fast vs flower |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(r["workload"], r["engine"]): r for r in rows}
+    for r in rows:
+        speed = ""
+        if r["engine"] == "fast" and (r["workload"], "flower") in by:
+            fl = by[(r["workload"], "flower")]
+            speed = f"{fl['per_round'] / r['per_round']:.1f}x per round, {fl['startup'] / r['startup']:.1f}x startup"
+        lines.append(
+            f"| {r['workload']} | {r['engine']} | {f(r['startup'], '.1f')} | {f(r['per_round'], '.3f')} | "
+            f"{f(r['x_bound'], '.2f')} | {f(r['peak_gib'], '.2f')} | {speed} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
