@@ -6,7 +6,7 @@ the whole fedsim config from Flower's run config and its partition id from the n
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
-from clients.learners import build_learner
-from clients.learners.base import LOCAL, check_label_kind
+from clients.learners import ClientData, Learner, build_learner
+from clients.learners.base import check_label_kind
 from fedsim.config import from_run_config, resolve_device
 from fedsim.constants import (
     ARRAYS_KEY,
@@ -29,66 +29,100 @@ from fedsim.constants import (
     PARTITION_ID_KEY,
     PROXIMAL_MU_KEY,
     QUERY_PARTITION,
+    RUN_CONFIG_JSON_KEY,
+    RUN_CONFIG_OVERRIDES_KEY,
     SERVER_ROUND_KEY,
 )
 from fedsim.evaluation import evaluate as evaluate_model
-from fedsim.federation import build_federation
+from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, build_model
 from fedsim.seeding import client_seed
 
 app = ClientApp()
 
-_CFG_CACHE: dict[str, DictConfig] = {}
-_MODEL_CACHE: dict[str, ClassifierModel] = {}
+
+@dataclass
+class ClientRuntime:
+    """What a process keeps per run: the config's plain values, the data, a resident model and
+    the learner (built once; each call only loads the received weights and trains)."""
+
+    cfg: DictConfig
+    seed: int
+    num_clients: int
+    eval_batch_size: int
+    threads: int
+    device: torch.device
+    federation: Federation
+    model: ClassifierModel
+    learner_name: str
+    learner: Learner
+    client_data: dict[int, ClientData] = field(default_factory=dict)
+    last_arrays: tuple[Any, dict[str, torch.Tensor]] | None = None
+
+    def data(self, pid: int) -> ClientData:
+        """Client ``pid``'s data (indexed out of the shared arrays once)."""
+        if pid not in self.client_data:
+            self.client_data[pid] = self.federation.client_data(pid)
+        return self.client_data[pid]
+
+    def load(self, arrays: ArrayRecord) -> ClassifierModel:
+        """The resident model loaded with ``arrays``; the messages of one batch share one
+        payload, which is decoded once."""
+        if self.last_arrays is None or self.last_arrays[0] is not arrays:
+            self.last_arrays = (arrays, arrays.to_torch_state_dict())
+        self.model.load_state_dict(self.last_arrays[1])
+        return self.model
 
 
-def client_config(context: Context) -> DictConfig:
-    """The run's config (parsed once per process and run config)."""
-    key = json.dumps(dict(context.run_config), sort_keys=True, default=str)
-    if key not in _CFG_CACHE:
-        _CFG_CACHE.clear()
-        _CFG_CACHE[key] = from_run_config(context.run_config)
-    return _CFG_CACHE[key]
+_RUNTIMES: dict[str, ClientRuntime] = {}
 
 
-def partition_id(context: Context, cfg: DictConfig) -> int:
-    """This node's partition id, checked against ``num_clients``."""
-    pid = int(context.node_config[PARTITION_ID_KEY])
-    if not 0 <= pid < int(cfg.num_clients):
-        raise ValueError(f"partition-id {pid} is outside [0, num_clients={cfg.num_clients})")
-    return pid
-
-
-def resident_model(cfg: DictConfig, arrays: ArrayRecord) -> ClassifierModel:
-    """A model instance kept per process (built once), loaded with ``arrays``."""
-    fed = build_federation(cfg)
-    key = json.dumps(
-        [cfg.model.name, dict(cfg.model.get("params") or {}), fed.data.name], default=str
+def client_runtime(context: Context) -> ClientRuntime:
+    """This process's runtime for the run described by ``context.run_config``."""
+    key = (
+        str(context.run_config.get(RUN_CONFIG_JSON_KEY) or "")
+        + "\0"
+        + str(context.run_config.get(RUN_CONFIG_OVERRIDES_KEY) or "")
     )
-    model = _MODEL_CACHE.get(key)
-    if model is None:
+    rt = _RUNTIMES.get(key)
+    if rt is None:
+        cfg = from_run_config(context.run_config)
+        fed = build_federation(cfg)
+        params = dict(cfg.model.get("params") or {})
         model = build_model(
             str(cfg.model.name),
             num_classes=fed.data.num_classes,
             in_channels=fed.data.in_channels,
             image_size=fed.data.image_size,
-            params=dict(cfg.model.get("params") or {}),
+            params=params,
         )
-        _MODEL_CACHE.clear()
-        _MODEL_CACHE[key] = model
-    model.load_state_dict(arrays.to_torch_state_dict())
-    return model
+        name = str(cfg.local.name)
+        device = torch.device(resolve_device(str(cfg.device)))
+        rt = ClientRuntime(
+            cfg=cfg,
+            seed=int(cfg.seed),
+            num_clients=int(cfg.num_clients),
+            eval_batch_size=int(cfg.eval_batch_size),
+            threads=max(1, int(float(cfg.engine.client_cpus))),
+            device=device,
+            federation=fed,
+            model=model.to(device),
+            learner_name=name,
+            learner=build_learner(name, {k: v for k, v in cfg.local.items() if k != "name"}),
+        )
+        _RUNTIMES.clear()
+        _RUNTIMES[key] = rt
+    if torch.get_num_threads() != rt.threads:
+        torch.set_num_threads(rt.threads)
+    return rt
 
 
-def _setup(msg: Message, context: Context) -> tuple[DictConfig, int, ClassifierModel, torch.device]:
-    cfg = client_config(context)
-    threads = max(1, int(float(cfg.engine.client_cpus)))
-    if torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    pid = partition_id(context, cfg)
-    device = torch.device(resolve_device(str(cfg.device)))
-    model = resident_model(cfg, msg.content.array_records[ARRAYS_KEY]).to(device)
-    return cfg, pid, model, device
+def partition_id(context: Context, rt: ClientRuntime) -> int:
+    """This node's partition id, checked against ``num_clients``."""
+    pid = int(context.node_config[PARTITION_ID_KEY])
+    if not 0 <= pid < rt.num_clients:
+        raise ValueError(f"partition-id {pid} is outside [0, num_clients={rt.num_clients})")
+    return pid
 
 
 def _load_state(context: Context) -> dict[str, Any]:
@@ -129,21 +163,25 @@ def query(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition with the configured learner."""
-    cfg, pid, model, device = _setup(msg, context)
+    rt = client_runtime(context)
+    pid = partition_id(context, rt)
     config = msg.content.config_records[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
-    data = build_federation(cfg).client_data(pid)
-    learner_params = {k: v for k, v in dict(cfg.local).items() if k != "name"}
-    learner = build_learner(str(cfg.local.name), learner_params)
-    check_label_kind(str(cfg.local.name), LOCAL.get(str(cfg.local.name)), data.label_kind)
-    seed = client_seed(int(cfg.seed), server_round, pid)
-    torch.manual_seed(seed)
+    data = rt.data(pid)
+    check_label_kind(rt.learner_name, type(rt.learner), data.label_kind)
+    model = rt.load(msg.content.array_records[ARRAYS_KEY])
+    seed = client_seed(rt.seed, server_round, pid)
+    # Seed the global CPU generator (dropout, augmentation) without torch.manual_seed, which with
+    # a CUDA build also queues a lazy CUDA seed call costing about 1 ms per client.
+    torch.random.default_generator.manual_seed(seed)
+    if rt.device.type == "cuda":
+        torch.cuda.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     state = _load_state(context)
-    result = learner.train(
+    result = rt.learner.train(
         model,
         data,
-        device=device,
+        device=rt.device,
         generator=generator,
         proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),  # type: ignore[arg-type]
         state=state,
@@ -162,16 +200,17 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's partition."""
-    cfg, pid, model, device = _setup(msg, context)
-    data = build_federation(cfg).client_data(pid)
+    rt = client_runtime(context)
+    data = rt.data(partition_id(context, rt))
+    model = rt.load(msg.content.array_records[ARRAYS_KEY])
     loss, acc = evaluate_model(
         model,
         data.x,
         data.y,
         mean=data.mean,
         std=data.std,
-        device=device,
-        batch_size=int(cfg.eval_batch_size),
+        device=rt.device,
+        batch_size=rt.eval_batch_size,
     )
     metrics = {NUM_EXAMPLES_KEY: len(data), EVAL_LOSS: loss, EVAL_ACCURACY: acc}
     return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)  # type: ignore[arg-type]

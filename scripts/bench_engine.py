@@ -41,7 +41,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOADS = ("10x600", "50x120", "200x30", "1000x6")
-MODEL = ["model=cnn", "model.params.channels=[8,16]", "+model.params.hidden=64"]
+MODEL = ["model=cnn", "model.params.channels=[8,16]", "model.params.hidden=64"]
 
 
 def overrides(clients: int, samples: int, rounds: int, engine: str, args: argparse.Namespace) -> list[str]:

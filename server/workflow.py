@@ -167,9 +167,12 @@ class FLWorkflow:
         view = SampledGrid(grid, [self.node_of[p] for p in sampled])
         messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), view))
         replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
-        metrics = strategy.aggregate_evaluate(
-            server_round, [r for r in replies if not r.has_error()]
-        )
+        pid_of = {nid: pid for pid, nid in self.node_of.items()}
+        usable = sorted(
+            (r for r in replies if not r.has_error()),
+            key=lambda r: pid_of.get(r.metadata.src_node_id, -1),
+        )  # floating-point sums depend on order
+        metrics = strategy.aggregate_evaluate(server_round, usable)
         return {
             f"federated_{k}": float(v)  # type: ignore[arg-type]
             for k, v in dict(metrics or {}).items()
