@@ -36,6 +36,7 @@ from fedsim.constants import (
 from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, build_model
+from fedsim.records import array_record, torch_state
 from fedsim.seeding import client_seed
 
 app = ClientApp()
@@ -58,6 +59,7 @@ class ClientRuntime:
     learner: Learner
     client_data: dict[int, ClientData] = field(default_factory=dict)
     last_arrays: tuple[Any, dict[str, torch.Tensor]] | None = None
+    targets: dict[str, torch.Tensor] | None = None
 
     def data(self, pid: int) -> ClientData:
         """Client ``pid``'s data (indexed out of the shared arrays once)."""
@@ -69,8 +71,18 @@ class ClientRuntime:
         """The resident model loaded with ``arrays``; the messages of one batch share one
         payload, which is decoded once."""
         if self.last_arrays is None or self.last_arrays[0] is not arrays:
-            self.last_arrays = (arrays, arrays.to_torch_state_dict())
-        self.model.load_state_dict(self.last_arrays[1])
+            self.last_arrays = (arrays, torch_state(arrays))
+        state = self.last_arrays[1]
+        if self.targets is None:
+            self.targets = self.model.state_dict(keep_vars=True)
+        if list(state) == list(self.targets) and all(
+            t.shape == v.shape for t, v in zip(self.targets.values(), state.values(), strict=True)
+        ):
+            with torch.no_grad():  # copy into the resident tensors (load_state_dict's checks cost)
+                for t, v in zip(self.targets.values(), state.values(), strict=True):
+                    t.copy_(v)
+        else:
+            self.model.load_state_dict(state)  # raises with PyTorch's message on a mismatch
         return self.model
 
 
@@ -190,7 +202,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     content = RecordDict(
         {
-            ARRAYS_KEY: ArrayRecord(model.state_dict()),
+            ARRAYS_KEY: array_record(model.state_dict()),
             METRICS_KEY: MetricRecord(metrics),  # type: ignore[arg-type]
         }
     )

@@ -148,6 +148,8 @@ def validate(cfg: DictConfig) -> None:
             cfg.engine.client_gpus,
             "0, a fraction in (0, 1] or a whole number",
         )
+    if OmegaConf.select(cfg, "engine.chunks_per_actor") is not None:
+        _int_at_least(cfg, "engine.chunks_per_actor", 1)
     if not _number(cfg, "engine.client_cpus") > 0:
         raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
     device = str(cfg.device)

@@ -83,8 +83,60 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     engine drive the Flower apps. The ServerApp writes metrics, checkpoints, TensorBoard events,
     the accuracy plot and ``summary.json`` into ``cfg.output_dir``.
     """
-    from fedsim.data import write_partition_report
     from fedsim.engine import ENGINES
+
+    validate(cfg)
+    if not cfg.get("output_dir"):
+        raise ConfigError(
+            "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
+        )
+    engine = ENGINES.get(str(cfg.engine.name))
+    pre_fn = getattr(engine, "prestart", None)
+    handle = None
+    if pre_fn is not None:
+        # Load the data in a thread while the engine starts (Ray's start mostly waits on its
+        # processes); the federation is cached, so prepare() below finds it built.
+        from fedsim.federation import build_federation
+
+        loader = _Background(build_federation, cfg)
+        try:
+            handle = pre_fn(cfg)
+        finally:
+            loader.result()  # re-raises a data error (after the engine started: it is closed)
+    try:
+        return _run(cfg, engine, handle)
+    finally:
+        if handle is not None:
+            handle.close()
+
+
+class _Background:
+    """Run ``fn(*args)`` in a thread; :meth:`result` joins it and re-raises its exception."""
+
+    def __init__(self, fn: Any, *args: Any) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+        self._value: Any = None
+
+        def target() -> None:
+            try:
+                self._value = fn(*args)
+            except BaseException as e:  # re-raised in the caller's thread
+                self._error = e
+
+        self._thread = threading.Thread(target=target, name="fedsim-data", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
+    from fedsim.data import write_partition_report
     from fedsim.federation import build_federation
 
     prepare(cfg)
@@ -99,12 +151,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         for name in ("flwr", "alembic", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    engine = ENGINES.get(str(cfg.engine.name))
     if cfg.progress:
         from server.workflow import config_summary
 
         print(f"fedsim: {config_summary(cfg)}\nfedsim: run dir {run_dir}", flush=True)
-    engine(cfg)
+    if handle is not None:
+        engine(cfg, handle)
+    else:
+        engine(cfg)
     summary_path = run_dir / C.SUMMARY_FILE
     if not summary_path.is_file():
         raise RuntimeError(f"the run ended without writing {summary_path}")

@@ -13,7 +13,7 @@ order, one torch thread) run sequentially with no framework, divided by the numb
 Columns:
 - ``startup s``: from launching the process to the end of round 1, minus one steady round
   (imports, Ray, actors, data, first-call costs: everything a run pays once);
-- ``s/round``: mean wall seconds of rounds 2..R (server-side evaluation is off);
+- ``s/round``: mean wall seconds of rounds 2..R-1 (server-side evaluation runs only in round R);
 - ``peak RSS GiB``: peak of the summed proportional set size (PSS) of the run's process tree
   (driver, Ray's daemons, workers), sampled every 0.25 s;
 - ``x bound``: s/round divided by the compute bound's s/round.
@@ -29,7 +29,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -44,7 +43,9 @@ DEFAULT_WORKLOADS = ("10x600", "50x120", "200x30", "1000x6")
 MODEL = ["model=cnn", "model.params.channels=[8,16]", "model.params.hidden=64"]
 
 
-def overrides(clients: int, samples: int, rounds: int, engine: str, args: argparse.Namespace) -> list[str]:
+def overrides(
+    clients: int, samples: int, rounds: int, engine: str, args: argparse.Namespace
+) -> list[str]:
     """The fedsim config of one benchmark run."""
     data = ["dataset=mnist", f"dataset.root={args.data_root}"] if args.data_root else []
     return [
@@ -103,11 +104,18 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
 
     with tempfile.TemporaryDirectory(prefix="fedsim-bench-") as tmp:
         out = Path(tmp) / "run"
-        cmd = [sys.executable, __file__, "--child", str(out),
-               *overrides(clients, samples, args.rounds, engine, args)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(out),
+            *overrides(clients, samples, args.rounds, engine, args),
+        ]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         launch = time.time()
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         peak = 0
         done = threading.Event()
 
@@ -126,7 +134,8 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
             raise RuntimeError(f"{engine} {clients}x{samples} failed:\n{output[-3000:]}")
         metrics = read_metrics(out)
     rounds = [r["round_seconds"] for r in metrics]
-    steady = sum(rounds[1:]) / max(1, len(rounds) - 1)
+    steady_rounds = rounds[1:-1] or rounds[1:]  # the last round also evaluates on the test split
+    steady = sum(steady_rounds) / max(1, len(steady_rounds))
     first_end = metrics[0]["timestamp"]
     return {
         "startup": first_end - launch - steady,
@@ -151,8 +160,13 @@ def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float
     torch.set_num_threads(max(1, int(args.client_cpus)))
     device = torch.device("cuda" if args.device.startswith("cuda") else "cpu")
     torch.manual_seed(0)
-    model = build_model("cnn", num_classes=fed.data.num_classes, in_channels=fed.data.in_channels,
-                        image_size=fed.data.image_size, params={"channels": [8, 16], "hidden": 64}).to(device)
+    model = build_model(
+        "cnn",
+        num_classes=fed.data.num_classes,
+        in_channels=fed.data.in_channels,
+        image_size=fed.data.image_size,
+        params={"channels": [8, 16], "hidden": 64},
+    ).to(device)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     learner = build_learner("supervised", {"epochs": 1, "batch_size": 32, "lr": 0.05})
     times = []
@@ -161,8 +175,12 @@ def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float
         for pid in range(clients):
             model.load_state_dict(init)
             seed = client_seed(0, rnd, pid)
-            learner.train(model, fed.client_data(pid), device=device,
-                          generator=torch.Generator().manual_seed(seed))
+            learner.train(
+                model,
+                fed.client_data(pid),
+                device=device,
+                generator=torch.Generator().manual_seed(seed),
+            )
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
@@ -176,18 +194,28 @@ def main() -> None:
         child(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), help="CLIENTSxSAMPLES")
+    ap.add_argument(
+        "--workloads", nargs="+", default=list(DEFAULT_WORKLOADS), help="CLIENTSxSAMPLES"
+    )
     ap.add_argument("--engines", nargs="+", default=["flower", "fast"])
     ap.add_argument("--rounds", type=int, default=10)
-    ap.add_argument("--data-root", default=str(REPO.parent / "shared" / "data")
-                    if (REPO.parent / "shared" / "data" / "MNIST").is_dir() else "",
-                    help="folder with MNIST (torchvision layout); empty: digits upscaled is not used, "
-                         "the run uses scikit-learn digits (8x8)")
+    ap.add_argument(
+        "--data-root",
+        default=str(REPO.parent / "shared" / "data")
+        if (REPO.parent / "shared" / "data" / "MNIST").is_dir()
+        else "",
+        help="folder with MNIST (torchvision layout); empty: digits upscaled is not used, "
+        "the run uses scikit-learn digits (8x8)",
+    )
     ap.add_argument("--client-cpus", type=float, default=1.0)
     ap.add_argument("--client-gpus", type=float, default=0.0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                    help="workers that share the compute bound (default: CPU count)")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="workers that share the compute bound (default: CPU count)",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     args = ap.parse_args()
     if args.client_gpus > 0 and args.workers == (os.cpu_count() or 1):
@@ -197,15 +225,26 @@ def main() -> None:
     for w in args.workloads:
         clients, samples = (int(v) for v in w.lower().split("x"))
         bound = compute_bound(clients, samples, args)
-        rows.append({"workload": w, "engine": "compute bound", "startup": None, "per_round": bound,
-                     "peak_gib": None, "x_bound": 1.0})
+        rows.append(
+            {
+                "workload": w,
+                "engine": "compute bound",
+                "startup": None,
+                "per_round": bound,
+                "peak_gib": None,
+                "x_bound": 1.0,
+            }
+        )
         print(f"{w}: compute bound {bound:.3f} s/round", flush=True)
         for engine in args.engines:
             r = measure(clients, samples, engine, args)
             r.update(workload=w, engine=engine, x_bound=r["per_round"] / bound)
             rows.append(r)
-            print(f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
-                  f"({r['x_bound']:.2f}x bound), peak {r['peak_gib']:.2f} GiB", flush=True)
+            print(
+                f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
+                f"({r['x_bound']:.2f}x bound), peak {r['peak_gib']:.2f} GiB",
+                flush=True,
+            )
     table = render(rows, args)
     print(table)
     if args.markdown:
@@ -215,10 +254,13 @@ def main() -> None:
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     """A Markdown table of the results, with the speed-up of fast over flower per workload."""
+
     def f(v: float | None, spec: str) -> str:
         return "-" if v is None else format(v, spec)
 
-    device = args.device if args.client_gpus == 0 else f"{args.device}, client_gpus={args.client_gpus}"
+    device = (
+        args.device if args.client_gpus == 0 else f"{args.device}, client_gpus={args.client_gpus}"
+    )
     lines = [
         f"Workloads: clients x samples, small CNN (conv 8/16, fc 64) on 28x28, {args.rounds} rounds, "
         f"all clients every round, 1 epoch, batch 32; device {device}; {args.workers} worker(s); "

@@ -27,9 +27,10 @@ from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, build_model
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_summary
+from fedsim.records import DecodedArray, array_record, torch_state
 from fedsim.seeding import sample_partitions
 from server.messaging import send_and_receive
-from server.validation import train_reply_problem
+from server.validation import check_train_reply
 from strategies import STATE_ATTRS, build_strategy
 from strategies.grid_view import SampledGrid
 
@@ -134,8 +135,11 @@ class FLWorkflow:
         good: list[Message] = []
         failures = len(messages) - len(replies)  # timed out
         for reply in sorted(replies, key=lambda r: pid_of.get(r.metadata.src_node_id, -1)):
-            problem = train_reply_problem(reply, arrays)
+            problem, decoded = check_train_reply(reply, arrays)
             if problem is None:
+                # Hand the strategy arrays it need not decode again.
+                for name, arr in reply.content.array_records[C.ARRAYS_KEY].items():
+                    DecodedArray.adopt(arr, decoded[name])
                 good.append(reply)
             else:
                 failures += 1
@@ -187,7 +191,7 @@ class FLWorkflow:
         self.federation: Federation = build_federation(cfg)
         model = self.initial_model().to(self.device)
         strategy = build_strategy(cfg)
-        arrays = ArrayRecord(model.state_dict())
+        arrays = array_record(model.state_dict())
         start, wall_offset = 0, 0.0
         if cfg.get("resume"):
             ckpt_path = latest_checkpoint(self.run_dir)
@@ -221,7 +225,7 @@ class FLWorkflow:
                     C.FAILURES: failures,
                 }
                 if rnd % int(cfg.eval_every) == 0 or rnd == rounds:
-                    model.load_state_dict(arrays.to_torch_state_dict())
+                    model.load_state_dict(torch_state(arrays))
                     record.update(self.evaluate(rnd, model))
                 fe = int(cfg.federated_eval_every)
                 if fe and rnd % fe == 0:

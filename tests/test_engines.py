@@ -25,11 +25,19 @@ def _metrics(tmp: Path, engine: str, overrides: list[str]) -> list[dict]:
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["rounds=4", "num_clients=12", "clients_per_round=5", "strategy=fedavgm", "checkpoint_every=0",
-         "federated_eval_every=2"],
+        [
+            "rounds=4",
+            "num_clients=12",
+            "clients_per_round=5",
+            "strategy=fedavgm",
+            "checkpoint_every=0",
+            "federated_eval_every=2",
+        ],
     ],
 )
-def test_fast_and_flower_engines_give_identical_metrics(tmp_path: Path, overrides: list[str]) -> None:
+def test_fast_and_flower_engines_give_identical_metrics(
+    tmp_path: Path, overrides: list[str]
+) -> None:
     fast = _metrics(tmp_path, "fast", overrides)
     flower = _metrics(tmp_path, "flower", overrides)
     assert len(fast) == 4
@@ -40,3 +48,45 @@ def test_fast_grid_is_a_flower_grid() -> None:
     from flwr.serverapp import Grid
 
     assert issubclass(FastGrid, Grid)
+
+
+def test_worker_turns_a_client_exception_into_an_error_reply() -> None:
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.common.constant import ErrorCode
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.config import to_run_config
+    from fedsim.engine.worker import ClientWorker
+    from fedsim.models import build_model
+    from fedsim.records import array_record
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    cfg = compose([])
+    model = build_model(
+        "mlp", num_classes=10, in_channels=1, image_size=8, params={"hidden": [200, 200]}
+    )
+    content = RecordDict(
+        {"arrays": array_record(model.state_dict()), "config": ConfigRecord({"server-round": 1})}
+    )
+    ok = Message(content, dst_node_id=5, message_type=MessageType.TRAIN)
+    bad = Message(content, dst_node_id=6, message_type=MessageType.TRAIN)
+    for m in (ok, bad):
+        m.metadata.__dict__["_message_id"] = f"id-{m.metadata.dst_node_id}"
+
+    def ctx(pid: int) -> Context:
+        return Context(
+            run_id=1,
+            node_id=pid,
+            node_config={"partition-id": pid, "num-partitions": 10},
+            state=RecordDict(),
+            run_config=to_run_config(cfg),
+        )
+
+    replies = ClientWorker().run_batch(
+        [(ok, ctx(3)), (bad, ctx(99))]
+    )  # partition 99 does not exist
+    (good, _), (err, _) = replies
+    assert not good.has_error() and good.content.metric_records["metrics"]["num-examples"] > 0
+    assert err.has_error() and err.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+    assert "partition-id 99" in err.error.reason
+    assert err.metadata.reply_to_message_id == "id-6"

@@ -163,3 +163,22 @@ def test_error_reply_is_refused() -> None:
         train_reply_problem(_reply(RecordDict({})), _arrays())
         == "reply has no 'arrays' ArrayRecord"
     )
+
+
+def test_sgd_matches_torch_optim_sgd() -> None:
+    from clients.learners.base import SGD
+
+    torch.manual_seed(0)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    b = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    b.load_state_dict(a.state_dict())
+    ours = SGD(a.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-3, foreach=False)
+    for _ in range(5):
+        x, y = torch.randn(8, 5), torch.randint(0, 3, (8,))
+        for model, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)

@@ -12,7 +12,6 @@ runtime; a ClientApp exception comes back as a Flower error reply.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import sys
@@ -64,13 +63,17 @@ class FastGrid(Grid):
         overhead); idle actors take the next chunk.
     """
 
-    def __init__(self, actors: list[Any], contexts: dict[int, Context], chunks_per_actor: int = 4) -> None:
+    def __init__(
+        self, actors: list[Any], contexts: dict[int, Context], chunks_per_actor: int = 4
+    ) -> None:
         self._actors = list(actors)
-        self._idle: deque[Any] = deque(self._actors)
+        # Two calls queued per actor: an actor that finishes a chunk starts the next one at once
+        # instead of waiting for the server's next poll.
+        self._idle: deque[Any] = deque(self._actors * 2)
         self._contexts = contexts
         self._chunks_per_actor = max(1, chunks_per_actor)
         self._queue: deque[Message] = deque()
-        self._chunk = 1
+        self._chunk_sizes: deque[int] = deque()
         self._inflight: dict[Any, tuple[Any, list[Message]]] = {}  # ref -> (actor, messages)
         self._replies: dict[str, Message] = {}
         self._run: Any = None
@@ -84,10 +87,16 @@ class FastGrid(Grid):
         return self._run
 
     def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
         ttl: float | None = None,
     ) -> Message:
-        return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
+        return Message(
+            content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl
+        )
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self._contexts)
@@ -100,8 +109,10 @@ class FastGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             self._queue.append(msg)
             ids.append(msg.metadata.message_id)
+        # Cut the queue into about chunks_per_actor equal calls per actor (at least one client each).
         workers = max(1, len(self._actors))
-        self._chunk = max(1, math.ceil(len(self._queue) / (workers * self._chunks_per_actor)))
+        n_chunks = min(len(self._queue), workers * self._chunks_per_actor)
+        self._chunk_sizes = deque(len(c) for c in _split(len(self._queue), max(1, n_chunks)))
         self._dispatch()
         return ids
 
@@ -110,7 +121,9 @@ class FastGrid(Grid):
         out = [self._replies.pop(mid) for mid in message_ids if mid in self._replies]
         return out
 
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
@@ -126,7 +139,8 @@ class FastGrid(Grid):
     def _dispatch(self) -> None:
         while self._queue and self._idle:
             actor = self._idle.popleft()
-            chunk = [self._queue.popleft() for _ in range(min(self._chunk, len(self._queue)))]
+            size = self._chunk_sizes.popleft() if self._chunk_sizes else len(self._queue)
+            chunk = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
             batch = [(m, self._contexts[m.metadata.dst_node_id]) for m in chunk]
             ref = actor.run_batch.remote(batch)
             self._inflight[ref] = (actor, chunk)
@@ -140,15 +154,22 @@ class FastGrid(Grid):
         ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=block)
         if not ready and block:
             ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=block)
-        for ref in ready:
-            actor, chunk = self._inflight.pop(ref)
+        done = [(ref, *self._inflight.pop(ref)) for ref in ready]
+        for _, actor, _ in done:  # an actor that finished takes its next chunk before we unpack
+            self._idle.append(actor)
+        self._dispatch()
+        for ref, _, chunk in done:
             try:
                 results = ray.get(ref)
             except Exception as ex:  # the actor died or the call failed outside the ClientApp
                 log.error("engine=fast: a worker call failed: %s", ex)
                 results = [
-                    (Message(Error(code=ErrorCode.UNKNOWN, reason=f"{type(ex)}:<'{ex}'>"), reply_to=m),
-                     self._contexts[m.metadata.dst_node_id])
+                    (
+                        Message(
+                            Error(code=ErrorCode.UNKNOWN, reason=f"{type(ex)}:<'{ex}'>"), reply_to=m
+                        ),
+                        self._contexts[m.metadata.dst_node_id],
+                    )
                     for m in chunk
                 ]
                 for r, _ in results:
@@ -156,14 +177,25 @@ class FastGrid(Grid):
             for reply, context in results:
                 self._contexts[reply.metadata.src_node_id] = context
                 self._replies[reply.metadata.reply_to_message_id] = reply
-            self._idle.append(actor)
-        self._dispatch()
+
+
+def _split(n: int, k: int) -> list[range]:
+    """``range(n)`` cut into ``k`` contiguous parts whose sizes differ by at most one."""
+    q, r = divmod(n, k)
+    out, start = [], 0
+    for i in range(k):
+        size = q + (1 if i < r else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
 
 
 def _dataset_payload(cfg: DictConfig) -> dict[str, Any]:
     from fedsim.data import load_dataset
 
-    data = load_dataset(str(cfg.dataset.name), root=str(cfg.dataset.root), download=bool(cfg.dataset.download))
+    data = load_dataset(
+        str(cfg.dataset.name), root=str(cfg.dataset.root), download=bool(cfg.dataset.download)
+    )
     values: dict[str, Any] = {}
     for f in fields(data):
         v = getattr(data, f.name)
@@ -197,33 +229,83 @@ def _ray_init(cfg: DictConfig) -> bool:
     return True
 
 
+class Prestart:
+    """Starts Ray and creates the actor pool without waiting for the actors, so that they import
+    their libraries while the driver loads the data (both take seconds). Ray is initialised in the
+    caller's thread: Ray's driver API must stay in the thread that started it."""
+
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.started_ray = False
+        self.actors: list[Any] = []
+        self._pings: list[Any] = []
+
+    def begin(self) -> Prestart:
+        """Start Ray (if needed) and the actors; return at once."""
+        import ray
+
+        from fedsim.engine.worker import ClientWorker
+
+        self.started_ray = _ray_init(self.cfg)
+        try:
+            cpus, gpus = float(self.cfg.engine.client_cpus), float(self.cfg.engine.client_gpus)
+            n_actors = pool_size(cpus, gpus)
+            if n_actors < 1:
+                raise ConfigError(
+                    f"no Ray node can host a client with engine.client_cpus={cpus} and "
+                    f"engine.client_gpus={gpus}: Ray sees {ray.cluster_resources()}"
+                )
+            n_actors = min(n_actors, int(self.cfg.num_clients))
+            remote = ray.remote(ClientWorker).options(num_cpus=cpus, num_gpus=gpus)
+            self.actors = [remote.remote() for _ in range(n_actors)]
+            self._pings = [a.ping.remote() for a in self.actors]
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def result(self) -> list[Any]:
+        """The actors, once each has imported the ClientApp."""
+        import ray
+
+        ray.get(self._pings)
+        return self.actors
+
+    def close(self) -> None:
+        """Stop the actors, and Ray if this started it (idempotent)."""
+        import ray
+
+        for a in self.actors:
+            ray.kill(a)
+        self.actors = []
+        if self.started_ray:
+            ray.shutdown()
+            self.started_ray = False
+
+
+def prestart(cfg: DictConfig) -> Prestart:
+    """Begin bringing up Ray and the actors for ``cfg`` (see :class:`Prestart`)."""
+    return Prestart(cfg).begin()
+
+
 @ENGINES.register("fast")
-def run_fast(cfg: DictConfig) -> None:
+def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
     """Run the fedsim apps for ``cfg`` on fedsim's actor-pool grid."""
     import ray
     from flwr.common.constant import SUPERLINK_NODE_ID
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedsim.engine.worker import ClientWorker
     from server.app import app as server_app
 
-    started = _ray_init(cfg)
-    actors: list[Any] = []
-    try:
-        cpus, gpus = float(cfg.engine.client_cpus), float(cfg.engine.client_gpus)
-        n_actors = pool_size(cpus, gpus)
-        if n_actors < 1:
-            raise ConfigError(
-                f"no Ray node can host a client with engine.client_cpus={cpus} and "
-                f"engine.client_gpus={gpus}: Ray sees {ray.cluster_resources()}"
-            )
-        n_actors = min(n_actors, int(cfg.num_clients))
-        payload = ray.put(_dataset_payload(cfg))
-        remote = ray.remote(ClientWorker).options(num_cpus=cpus, num_gpus=gpus)
-        actors = [remote.remote(payload) for _ in range(n_actors)]
-        ray.get([a.ping.remote() for a in actors])
+    from server.messaging import ENGINE_STOP
 
+    ENGINE_STOP.clear()  # another engine may have set it when it stopped in this process
+    pre = prestarted or prestart(cfg)
+    try:
+        actors = pre.result()
         run_config = to_run_config(cfg)
+        payload = ray.put(_dataset_payload(cfg))
+        ray.get([a.load.remote(payload, dict(run_config)) for a in actors])
         rng = random.Random(int(cfg.seed))
         run_id = rng.getrandbits(63)
         TaskIdentity.task_id = 1
@@ -237,17 +319,27 @@ def run_fast(cfg: DictConfig) -> None:
                 node_ids.append(nid)
         contexts = {
             nid: Context(
-                run_id=run_id, node_id=nid,
+                run_id=run_id,
+                node_id=nid,
                 node_config={"partition-id": pid, "num-partitions": n},
-                state=RecordDict(), run_config=dict(run_config),
+                state=RecordDict(),
+                run_config=dict(run_config),
             )
             for pid, nid in enumerate(node_ids)
         }
-        grid = FastGrid(actors, contexts, chunks_per_actor=int(cfg.engine.get("chunks_per_actor", 4)))
-        context = Context(run_id=run_id, node_id=0, node_config={}, state=RecordDict(), run_config=dict(run_config))
+        grid = FastGrid(
+            actors, contexts, chunks_per_actor=int(cfg.engine.get("chunks_per_actor", 4))
+        )
+        context = Context(
+            run_id=run_id,
+            node_id=0,
+            node_config={},
+            state=RecordDict(),
+            run_config=dict(run_config),
+        )
         server_app(grid, context)
     finally:
-        for a in actors:
-            ray.kill(a)
-        if started:
-            ray.shutdown()
+        pre.close()
+
+
+run_fast.prestart = prestart  # type: ignore[attr-defined]

@@ -63,7 +63,7 @@ def backend_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 @ENGINES.register("flower")
-def run_flower(cfg: DictConfig) -> None:
+def run_flower(cfg: DictConfig, prestarted: None = None) -> None:
     """Run the fedsim apps for ``cfg`` under Flower's simulation runtime."""
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES

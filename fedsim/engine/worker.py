@@ -3,6 +3,7 @@ resident and runs many virtual clients per call."""
 
 from __future__ import annotations
 
+import copy
 import traceback
 import warnings
 from typing import Any
@@ -19,15 +20,12 @@ def _error_reply(message: Message, code: int, ex: BaseException) -> Message:
 class ClientWorker:
     """Runs ``clients.app:app`` on batches of (message, context) pairs.
 
-    Parameters
-    ----------
-    dataset
-        ``(DatasetArrays fields as numpy arrays, root, download)``: the dataset shared through
-        Ray's object store, preloaded so the app never reads it from disk.
+    :meth:`load` hands it the dataset shared through Ray's object store (``DatasetArrays``
+    fields as numpy arrays, with root and download), preloaded so the app never reads it from disk.
     """
 
-    def __init__(self, dataset: dict[str, Any] | None = None) -> None:
-        self._dataset = dataset
+    def __init__(self) -> None:
+        self._dataset: dict[str, Any] | None = None
         self._ready = False
 
     def _setup(self) -> None:
@@ -54,8 +52,47 @@ class ClientWorker:
         self._ready = True
 
     def ping(self) -> bool:
-        """Import everything (so that the first round does not pay for it)."""
+        """Import the ClientApp and its dependencies."""
+        from clients.app import app  # noqa: F401
+
+        return True
+
+    def load(self, dataset: dict[str, Any], run_config: dict[str, Any]) -> bool:
+        """Take the dataset from the object store, build the client runtime (data, model,
+        learner) and run one warm-up step, so that round 1 pays none of it."""
+        import torch
+        from flwr.app import RecordDict
+
+        self._dataset = dataset
+        self._ready = False
         self._setup()
+        from clients.app import client_runtime
+
+        rt = client_runtime(
+            Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
+        )
+        data = rt.data(0)
+        if len(data) >= 2:  # one tiny training call warms up autograd, the optimizer and the
+            # allocator; every real call reloads the weights it receives, so this changes nothing
+            from clients.learners import ClientData
+
+            tiny = ClientData(
+                x=data.x[:2],
+                y=data.y[:2],
+                mean=data.mean,
+                std=data.std,
+                num_classes=data.num_classes,
+                label_kind=data.label_kind,
+            )
+            learner = copy.copy(rt.learner)
+            learner.epochs = 1
+            learner.train(
+                rt.model,
+                tiny,
+                device=rt.device,
+                generator=torch.Generator().manual_seed(0),
+                state={},
+            )
         return True
 
     def run_batch(self, batch: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:

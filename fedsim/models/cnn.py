@@ -120,7 +120,9 @@ def cnn(
     if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
         raise invalid("model.hidden", hidden, "an integer >= 1")
     chans = tuple(channels)
-    if len(chans) != 2 or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in chans):
+    if len(chans) != 2 or any(
+        isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in chans
+    ):
         raise invalid("model.channels", list(chans), "two integers >= 1")
     return LeNetCNN(num_classes, in_channels, image_size, hidden, chans)
 
