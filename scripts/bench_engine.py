@@ -15,7 +15,8 @@ Columns:
   (imports, Ray, actors, data, first-call costs: everything a run pays once);
 - ``s/round``: mean wall seconds of rounds 2..R-1 (server-side evaluation runs only in round R);
 - ``peak RSS GiB``: peak of the summed proportional set size (PSS) of the run's process tree
-  (driver, Ray's daemons, workers), sampled every 0.25 s;
+  (driver, Ray's daemons, workers), sampled every ``--mem-interval`` seconds (default 2: reading
+  PSS costs about 10 ms of kernel time per process, so sampling more often slows the run measured);
 - ``x bound``: s/round divided by the compute bound's s/round.
 
 Usage::
@@ -81,21 +82,27 @@ def child(argv: list[str]) -> None:
     run(cfg)
 
 
+def _pss(pid: int) -> int:
+    """Proportional set size of one process (shared pages split among their users)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _tree_pss(pid: int) -> int:
     import psutil
 
-    total = 0
     try:
         root = psutil.Process(pid)
         procs = [root, *root.children(recursive=True)]
     except psutil.Error:
         return 0
-    for p in procs:
-        try:
-            total += p.memory_full_info().pss
-        except psutil.Error:
-            continue
-    return total
+    return sum(_pss(p.pid) for p in procs)
 
 
 def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -123,7 +130,7 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
             nonlocal peak
             while not done.is_set():
                 peak = max(peak, _tree_pss(proc.pid))
-                done.wait(0.25)
+                done.wait(args.mem_interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -217,6 +224,7 @@ def main() -> None:
         help="workers that share the compute bound (default: CPU count)",
     )
     ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
+    ap.add_argument("--mem-interval", type=float, default=2.0, help="seconds between memory samples")
     args = ap.parse_args()
     if args.client_gpus > 0 and args.workers == (os.cpu_count() or 1):
         args.workers = max(1, int(round(1 / args.client_gpus)))
