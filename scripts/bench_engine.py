@@ -211,8 +211,8 @@ def main() -> None:
         default=str(REPO.parent / "shared" / "data")
         if (REPO.parent / "shared" / "data" / "MNIST").is_dir()
         else "",
-        help="folder with MNIST (torchvision layout); empty: digits upscaled is not used, "
-        "the run uses scikit-learn digits (8x8)",
+        help="folder holding MNIST in torchvision's layout (default ../shared/data when present); "
+        "empty: use scikit-learn's digits (8x8) instead",
     )
     ap.add_argument("--client-cpus", type=float, default=1.0)
     ap.add_argument("--client-gpus", type=float, default=0.0)

@@ -296,7 +296,6 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     from server.app import app as server_app
-
     from server.messaging import ENGINE_STOP
 
     ENGINE_STOP.clear()  # another engine may have set it when it stopped in this process
