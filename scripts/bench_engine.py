@@ -224,7 +224,9 @@ def main() -> None:
         help="workers that share the compute bound (default: CPU count)",
     )
     ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
-    ap.add_argument("--mem-interval", type=float, default=2.0, help="seconds between memory samples")
+    ap.add_argument(
+        "--mem-interval", type=float, default=2.0, help="seconds between memory samples"
+    )
     args = ap.parse_args()
     if args.client_gpus > 0 and args.workers == (os.cpu_count() or 1):
         args.workers = max(1, int(round(1 / args.client_gpus)))
