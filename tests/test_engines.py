@@ -90,3 +90,13 @@ def test_worker_turns_a_client_exception_into_an_error_reply() -> None:
     assert err.has_error() and err.error.code == ErrorCode.CLIENT_APP_RAISED_EXCEPTION
     assert "partition-id 99" in err.error.reason
     assert err.metadata.reply_to_message_id == "id-6"
+
+
+def test_chunks_split_evenly() -> None:
+    from fedsim.engine.fast import _split
+
+    assert [len(r) for r in _split(10, 8)] == [2, 2, 1, 1, 1, 1, 1, 1]
+    assert [len(r) for r in _split(50, 8)] == [7, 7, 6, 6, 6, 6, 6, 6]
+    parts = _split(1000, 8)
+    assert [len(r) for r in parts] == [125] * 8
+    assert [i for r in parts for i in r] == list(range(1000))  # contiguous, in order, complete
