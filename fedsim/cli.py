@@ -21,6 +21,42 @@ examples:
 """
 
 
+def check_overrides(argv: list[str]) -> None:
+    """Compose and validate the config that ``argv`` asks for before Hydra runs anything, so that
+    an unknown key or a bad value is one line (a sweep is checked with its first value).
+
+    Raises
+    ------
+    ConfigError
+        On an override Hydra cannot apply, or a value :func:`fedsim.config.validate` refuses.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    from fedsim.config import compose, validate
+
+    # Overrides are key=value (or ~key); other tokens are Hydra flags and their values.
+    plain = [
+        a
+        for a in argv
+        if not a.startswith("-") and ("=" in a or a.startswith("~")) and not a.startswith("hydra")
+    ]
+    try:
+        parsed = OverridesParser.create().parse_overrides(plain)
+    except HydraException as e:
+        raise ConfigError(" ".join(str(e).split())) from None
+    first = []
+    for o in parsed:
+        if o.is_sweep_override():
+            value = next(iter(o.sweep_string_iterator()))
+            first.append(f"{o.get_key_element()}={value}")
+        else:
+            first.append(str(o.input_line))
+    cfg = compose(first)
+    if not cfg.get("resume"):
+        validate(cfg)
+
+
 def _hydra_run(argv: list[str]) -> int:
     import hydra
     from hydra.core.hydra_config import HydraConfig
@@ -62,6 +98,7 @@ def _hydra_run(argv: list[str]) -> int:
         )
         return float(acc) if acc is not None else None
 
+    check_overrides(argv)
     sys.argv = ["fedsim run", *argv]
     _main()
     return 2 if failures else 0

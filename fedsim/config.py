@@ -10,7 +10,6 @@ under simulation and deployment.
 from __future__ import annotations
 
 import json
-import math
 import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,8 +166,3 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def finite_or_none(value: float) -> float | None:
-    """JSON-friendly float."""
-    return value if math.isfinite(value) else None

@@ -58,6 +58,7 @@ def prepare(cfg: DictConfig) -> None:
     from strategies import build_strategy
 
     validate(cfg)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     if not cfg.get("output_dir"):
         raise ConfigError(
             "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
@@ -86,6 +87,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from fedsim.engine import ENGINES
 
     validate(cfg)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     if not cfg.get("output_dir"):
         raise ConfigError(
             "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
@@ -150,7 +152,7 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
     if not cfg.get("verbose"):
         for name in ("flwr", "alembic", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+
     if cfg.progress:
         from server.workflow import config_summary
 

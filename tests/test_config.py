@@ -160,3 +160,15 @@ def test_missing_dataset_names_where_it_looked(tmp_path: Path) -> None:
     cfg.output_dir = str(tmp_path / "run")
     with pytest.raises(ConfigError, match=f"{tmp_path}.*download"):
         prepare(cfg)
+
+
+def test_cli_overrides_are_checked_before_hydra_runs() -> None:
+    from fedsim.cli import check_overrides
+
+    with pytest.raises(ConfigError, match="Could not override 'foo'"):
+        check_overrides(["foo=1"])
+    with pytest.raises(ConfigError, match=r"invalid partition.alpha=0"):
+        check_overrides(["-m", "seed=0,1", "partition.alpha=0"])  # a sweep is checked too
+    with pytest.raises(ConfigError, match=r"invalid rounds=0"):
+        check_overrides(["-m", "rounds=0,5"])  # its first value
+    check_overrides(["-m", "seed=0,1,2", "--cfg", "job", "hydra.job.chdir=false", "model=cnn"])

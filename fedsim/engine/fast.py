@@ -27,7 +27,7 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from fedsim.config import to_run_config
-from fedsim.engine import ENGINES
+from fedsim.engine import ENGINES, ray_init_args
 from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
@@ -209,23 +209,12 @@ def _ray_init(cfg: DictConfig) -> bool:
 
     if ray.is_initialized():
         return False
-    eng = cfg.engine
+    # Workers import fedsim from the driver's sys.path (as Flower's Ray backend does).
     pythonpath = os.pathsep.join(p for p in sys.path if p)
     if os.environ.get("PYTHONPATH"):
         pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    args: dict[str, Any] = {
-        "include_dashboard": False,
-        "logging_level": logging.INFO if cfg.get("verbose") else logging.WARNING,
-        "runtime_env": {"env_vars": {"PYTHONPATH": pythonpath}},
-    }
-    if eng.get("ray_address"):
-        args["address"] = str(eng.ray_address)
-    else:
-        if eng.get("num_cpus") is not None:
-            args["num_cpus"] = int(eng.num_cpus)
-        if eng.get("num_gpus") is not None:
-            args["num_gpus"] = int(eng.num_gpus)
-    ray.init(**args)
+    args = ray_init_args(cfg.engine, verbose=bool(cfg.get("verbose")))
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
     return True
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig
 
 from fedsim.config import to_run_config
 from fedsim.constants import RUN_CONFIG_JSON_KEY, RUN_CONFIG_OVERRIDES_KEY
-from fedsim.engine import ENGINES
+from fedsim.engine import ENGINES, ray_init_args
 
 _APP_TOML = f"""\
 [project]
@@ -42,17 +42,7 @@ clientapp = "clients.app:app"
 def backend_config(cfg: DictConfig) -> dict[str, Any]:
     """Flower's Ray backend config from ``cfg.engine``."""
     eng = cfg.engine
-    init_args: dict[str, Any] = {"include_dashboard": False}
-    if eng.get("ray_address"):
-        init_args["address"] = str(eng.ray_address)
-    else:
-        if eng.get("num_cpus") is not None:
-            init_args["num_cpus"] = int(eng.num_cpus)
-        if eng.get("num_gpus") is not None:
-            init_args["num_gpus"] = int(eng.num_gpus)
-    if not cfg.get("verbose"):
-        init_args["logging_level"] = logging.WARNING
-        init_args["log_to_driver"] = True
+    init_args = ray_init_args(eng, verbose=bool(cfg.get("verbose")))
     return {
         "client_resources": {
             "num_cpus": float(eng.client_cpus),
