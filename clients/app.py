@@ -6,6 +6,7 @@ the whole fedsim config from Flower's run config and its partition id from the n
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +16,14 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from clients.faults import InjectedFault, corrupt, fault_for
 from clients.learners import ClientData, Learner, build_learner
 from clients.learners.base import check_label_kind
 from fedsim.config import from_run_config, resolve_device
 from fedsim.constants import (
     ARRAYS_KEY,
     CONFIG_KEY,
+    DATA_ROOT_KEY,
     EVAL_ACCURACY,
     EVAL_LOSS,
     METRICS_KEY,
@@ -91,14 +94,19 @@ _RUNTIMES: dict[str, ClientRuntime] = {}
 
 def client_runtime(context: Context) -> ClientRuntime:
     """This process's runtime for the run described by ``context.run_config``."""
+    data_root = context.node_config.get(DATA_ROOT_KEY)  # deployment: this node's data folder
     key = (
         str(context.run_config.get(RUN_CONFIG_JSON_KEY) or "")
         + "\0"
         + str(context.run_config.get(RUN_CONFIG_OVERRIDES_KEY) or "")
+        + "\0"
+        + str(data_root or "")
     )
     rt = _RUNTIMES.get(key)
     if rt is None:
         cfg = from_run_config(context.run_config)
+        if data_root:
+            cfg.dataset.root = str(data_root)
         fed = build_federation(cfg)
         params = dict(cfg.model.get("params") or {})
         model = build_model(
@@ -179,6 +187,9 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context, rt)
     config = msg.content.config_records[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
+    fault = fault_for(rt.cfg.get("faults"), pid, server_round)
+    if fault == "raise":
+        raise InjectedFault(f"client {pid} fails in round {server_round} (faults.raise_clients)")
     data = rt.data(pid)
     check_label_kind(rt.learner_name, type(rt.learner), data.label_kind)
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
@@ -200,9 +211,15 @@ def train(msg: Message, context: Context) -> Message:
     )
     _save_state(context, state)
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
+    arrays = array_record(model.state_dict())
+    if fault in ("nan", "bad_shape"):
+        bad = corrupt({k: v.numpy() for k, v in arrays.items()}, fault)
+        arrays = ArrayRecord({k: Array(v) for k, v in bad.items()})
+    elif fault == "slow":
+        time.sleep(float(rt.cfg.faults.get("slow_seconds", 30.0)))
     content = RecordDict(
         {
-            ARRAYS_KEY: array_record(model.state_dict()),
+            ARRAYS_KEY: arrays,
             METRICS_KEY: MetricRecord(metrics),  # type: ignore[arg-type]
         }
     )

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RunStopped
 
 USAGE = """usage: fedsim run [key=value ...] [-m]    run a federation (Hydra overrides; -m sweeps)
        fedsim report RUN_DIR [RUN_DIR ...]  compare finished runs (mean ± std over seeds)
+       fedsim submit [--app DIR] CONNECTION [key=value ...]
+                                            flwr run on a SuperLink, failing unless it completed
 
 examples:
   fedsim run
@@ -66,6 +68,7 @@ def _hydra_run(argv: list[str]) -> int:
     from fedsim.runner import resume_config, run
 
     failures: list[str] = []
+    stopped: list[str] = []
 
     @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
     def _main(cfg: DictConfig) -> float | None:
@@ -88,6 +91,10 @@ def _hydra_run(argv: list[str]) -> int:
             print(f"fedsim: error: {e}", file=sys.stderr)
             failures.append(str(e))
             return None
+        except RunStopped as e:
+            print(f"fedsim: stopped: {e}", file=sys.stderr)
+            stopped.append(str(e))
+            return None
         acc = summary.get("final_accuracy")
         print(
             f"fedsim: final test accuracy {acc:.4f} after {summary.get('rounds')} rounds "
@@ -101,7 +108,7 @@ def _hydra_run(argv: list[str]) -> int:
     check_overrides(argv)
     sys.argv = ["fedsim run", *argv]
     _main()
-    return 2 if failures else 0
+    return 2 if failures else 1 if stopped else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,11 +125,15 @@ def main(argv: list[str] | None = None) -> int:
             from fedsim.report import main_report
 
             return main_report(rest)
+        if command == "submit":
+            from fedsim.deploy import main_submit
+
+            return main_submit(rest)
     except ConfigError as e:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
     print(
-        f"fedsim: error: unknown command {command!r}: allowed run, report\n\n{USAGE}",
+        f"fedsim: error: unknown command {command!r}: allowed run, report, submit\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2

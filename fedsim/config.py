@@ -64,6 +64,12 @@ def from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
     return cfg
 
 
+#: What a round does when fewer than ``min_clients`` replies are usable.
+TOO_FEW_REPLIES = ("retry", "stop")
+#: The fault-injection lists of partition ids (``faults.*``).
+FAULT_LISTS = ("raise_clients", "nan_clients", "bad_shape_clients", "slow_clients")
+
+
 def _number(cfg: DictConfig, key: str) -> float:
     value = OmegaConf.select(cfg, key)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -122,6 +128,15 @@ def validate(cfg: DictConfig) -> None:
     _int_at_least(cfg, "checkpoint_every", 0)
     _int_at_least(cfg, "federated_eval_every", 0)
     _int_at_least(cfg, "min_clients", 1)
+    if cfg.min_clients > clients_per_round(cfg):
+        raise invalid(
+            "min_clients", cfg.min_clients, f"at most clients_per_round={clients_per_round(cfg)}"
+        )
+    if cfg.get("too_few_replies", "stop") not in TOO_FEW_REPLIES:
+        raise invalid("too_few_replies", cfg.too_few_replies, " or ".join(TOO_FEW_REPLIES))
+    if cfg.get("round_retries") is not None:
+        _int_at_least(cfg, "round_retries", 0)
+    _check_faults(cfg)
     _int_at_least(cfg, "eval_batch_size", 1)
     if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
         raise invalid("seed", cfg.seed, "an integer >= 0")
@@ -157,6 +172,23 @@ def validate(cfg: DictConfig) -> None:
     from strategies import check_strategy_params
 
     check_strategy_params(cfg)
+
+
+def _check_faults(cfg: DictConfig) -> None:
+    """Fault-injection lists must name partition ids (and rounds) that exist."""
+    faults = cfg.get("faults")
+    if not faults:
+        return
+    n = int(cfg.num_clients)
+    for key in FAULT_LISTS:
+        for pid in faults.get(key) or []:
+            if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < n:
+                raise invalid(f"faults.{key}", list(faults[key]), f"partition ids in [0, {n - 1}]")
+    for rnd in faults.get("rounds") or []:
+        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
+            raise invalid("faults.rounds", list(faults.rounds), "round numbers >= 1")
+    if faults.get("slow_seconds") is not None and _number(cfg, "faults.slow_seconds") < 0:
+        raise invalid("faults.slow_seconds", faults.slow_seconds, "a number of seconds >= 0")
 
 
 def resolve_device(name: str) -> str:

@@ -27,7 +27,9 @@ EVAL_ACCURACY = "eval_accuracy"
 # --- metrics.jsonl keys (one line per round) --------------------------------------------------
 ROUND = "round"
 CLIENTS_SAMPLED = "clients_sampled"  # list of sampled partition ids
-FAILURES = "failures"  # number of failed client replies this round
+FAILURES = "failures"  # number of failed client replies this round (summed over retries)
+FAILED_CLIENTS = "failed_clients"  # partition ids whose reply failed, with the reason
+RETRIES = "retries"  # times this round was run again for too few usable replies
 WALL_SECONDS = "wall_seconds"  # seconds since the run started, at the end of this round
 ROUND_SECONDS = "round_seconds"  # seconds this round took
 TIMESTAMP = "timestamp"  # unix time at the end of the round
@@ -51,6 +53,10 @@ TENSORBOARD_DIR = "tb"
 PARTITION_CSV = "partition_histogram.csv"
 PARTITION_PNG = "partition_heatmap.png"
 ACCURACY_PNG = "accuracy.png"
+STOPPED_FILE = "stopped.txt"  # why the server stopped a run early (absent when it completed)
+
+# --- node_config keys (deployment: `flower-supernode --node-config`) ---------------------------
+DATA_ROOT_KEY = "data-root"  # where this node's dataset files are (overrides dataset.root)
 
 # --- summary.json keys ------------------------------------------------------------------------
 FINAL_ACCURACY = "final_accuracy"

@@ -24,3 +24,8 @@ def invalid(key: str, value: object, allowed: str) -> ConfigError:
         A short description of what is allowed, e.g. ``"a number > 0"``.
     """
     return ConfigError(f"invalid {key}={value!r}: allowed {allowed}")
+
+
+class RunStopped(RuntimeError):
+    """The server stopped a run early (for example, too few clients replied); the run directory
+    keeps its metrics and checkpoints, so ``resume`` can continue it."""

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim import constants as C
 from fedsim.config import validate
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RunStopped
 from fedsim.outputs import write_text_atomic
 
 #: Keys that may change when a run is resumed (everything else must match the saved config).
@@ -24,6 +24,10 @@ RESUMABLE_KEYS = (
     "round_timeout",
     "checkpoint_every",
     "engine",
+    "min_clients",
+    "too_few_replies",
+    "round_retries",
+    "faults",
 )
 
 
@@ -162,6 +166,9 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
     else:
         engine(cfg)
     summary_path = run_dir / C.SUMMARY_FILE
+    stopped = run_dir / C.STOPPED_FILE
+    if stopped.is_file():  # the server stopped it (the engine may have swallowed the exception)
+        raise RunStopped(stopped.read_text().strip())
     if not summary_path.is_file():
         raise RuntimeError(f"the run ended without writing {summary_path}")
     import json

@@ -15,7 +15,13 @@ def client_seed(seed: int, server_round: int, partition_id: int) -> int:
     return derive_seed(seed, server_round, partition_id, 0xC1)
 
 
-def sample_partitions(seed: int, server_round: int, num_clients: int, k: int) -> list[int]:
-    """The ``k`` partition ids sampled in ``server_round`` (sorted; seeded by seed and round)."""
-    rng = np.random.default_rng([int(seed), int(server_round), 0x5A])
+def sample_partitions(
+    seed: int, server_round: int, num_clients: int, k: int, attempt: int = 0
+) -> list[int]:
+    """The ``k`` partition ids sampled in ``server_round`` (sorted; seeded by seed and round).
+
+    ``attempt`` > 0 draws the sample of a retried round (``too_few_replies=retry``), seeded too.
+    """
+    key = [int(seed), int(server_round), 0x5A] + ([int(attempt)] if attempt else [])
+    rng = np.random.default_rng(key)
     return sorted(int(i) for i in rng.choice(num_clients, size=k, replace=False))

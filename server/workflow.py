@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from fedsim import constants as C
 from fedsim.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from fedsim.config import clients_per_round, resolve_device
+from fedsim.errors import RunStopped
 from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, build_model
@@ -35,6 +36,14 @@ from strategies import STATE_ATTRS, build_strategy
 from strategies.grid_view import SampledGrid
 
 log = logging.getLogger("fedsim")
+
+
+class TooFewReplies(RuntimeError):
+    """Fewer than ``min_clients`` usable replies in a round."""
+
+    def __init__(self, message: str, *, failures: int) -> None:
+        super().__init__(message)
+        self.failures = failures
 
 
 class FLWorkflow:
@@ -52,6 +61,7 @@ class FLWorkflow:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.node_of: dict[int, int] = {}  # partition id -> node id
+        self.failed_clients: list[dict[str, Any]] = []  # of the last train_round
 
     # ---- hooks --------------------------------------------------------------------------------
     def train_config(self, server_round: int) -> dict[str, Any]:
@@ -126,14 +136,24 @@ class FLWorkflow:
         arrays: ArrayRecord,
         sampled: list[int],
     ) -> tuple[ArrayRecord, dict[str, Any], int]:
-        """One round of training; returns the new arrays, train metrics and the failure count."""
+        """One round of training; returns the new arrays, train metrics and the failure count.
+
+        Every reply is validated before aggregation; errors, timeouts and malformed updates are
+        failures (listed in :attr:`failed_clients`). Raises :class:`TooFewReplies` when fewer than
+        ``min_clients`` replies are usable.
+        """
         view = SampledGrid(grid, [self.node_of[p] for p in sampled])
         config = ConfigRecord(self.train_config(server_round))
         messages = list(strategy.configure_train(server_round, arrays, config, view))
         replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
         pid_of = {nid: pid for pid, nid in self.node_of.items()}
         good: list[Message] = []
-        failures = len(messages) - len(replies)  # timed out
+        answered = {r.metadata.src_node_id for r in replies}
+        self.failed_clients = [
+            {"client": pid_of.get(m.metadata.dst_node_id), "reason": "no reply (round_timeout)"}
+            for m in messages
+            if m.metadata.dst_node_id not in answered
+        ]
         for reply in sorted(replies, key=lambda r: pid_of.get(r.metadata.src_node_id, -1)):
             problem, decoded = check_train_reply(reply, arrays)
             if problem is None:
@@ -142,22 +162,75 @@ class FLWorkflow:
                     DecodedArray.adopt(arr, decoded[name])
                 good.append(reply)
             else:
-                failures += 1
-                log.warning(
-                    "round %d, client %s refused: %s",
-                    server_round,
-                    pid_of.get(reply.metadata.src_node_id),
-                    problem,
-                )
+                pid = pid_of.get(reply.metadata.src_node_id)
+                self.failed_clients.append({"client": pid, "reason": problem})
+                log.warning("round %d, client %s refused: %s", server_round, pid, problem)
+        failures = len(self.failed_clients)
         if len(good) < int(self.cfg.min_clients):
-            raise RuntimeError(
-                f"round {server_round}: {len(good)} of {len(messages)} clients replied usably "
-                f"(min_clients={self.cfg.min_clients})"
+            raise TooFewReplies(
+                f"round {server_round}: {len(good)} of {len(messages)} sampled clients replied "
+                f"usably (min_clients={self.cfg.min_clients})",
+                failures=failures,
             )
         new_arrays, metrics = strategy.aggregate_train(server_round, good)
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: strategy returned no model")
         return new_arrays, dict(metrics or {}), failures
+
+    def train_with_retries(
+        self, grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord
+    ) -> tuple[ArrayRecord, dict[str, Any], dict[str, Any]]:
+        """Sample, train and aggregate one round; on too few usable replies, retry with a fresh
+        seeded sample (``too_few_replies=retry``, up to ``round_retries`` times) or stop.
+
+        Returns the new arrays, the train metrics and the round's bookkeeping (sampled clients,
+        failures, failed clients, retries) for ``metrics.jsonl``.
+
+        Raises
+        ------
+        RunStopped
+            When the round cannot get ``min_clients`` usable replies.
+        """
+        cfg = self.cfg
+        k = clients_per_round(cfg)
+        retries = int(cfg.get("round_retries") or 0) if cfg.get("too_few_replies") == "retry" else 0
+        failures, failed = 0, []
+        for attempt in range(retries + 1):
+            sampled = sample_partitions(
+                int(cfg.seed), server_round, int(cfg.num_clients), k, attempt
+            )
+            try:
+                new_arrays, metrics, n_failed = self.train_round(
+                    grid, strategy, server_round, arrays, sampled
+                )
+            except TooFewReplies as e:
+                failures += e.failures
+                failed += [dict(f, attempt=attempt) for f in self.failed_clients]
+                if attempt < retries:
+                    log.warning("%s; retrying (%d of %d)", e, attempt + 1, retries)
+                    continue
+                how = (
+                    f"after {retries} retries (too_few_replies=retry)"
+                    if retries
+                    else f"(too_few_replies={cfg.get('too_few_replies', 'stop')})"
+                )
+                last = "; ".join(
+                    f"client {f['client']}: {f['reason']}" for f in self.failed_clients
+                )
+                raise RunStopped(
+                    f"{e}; stopped {how}. Last failures: {last or 'none'}. Rounds before "
+                    f"{server_round} are saved; continue with resume={self.run_dir}"
+                ) from None
+            failures += n_failed
+            failed += [dict(f, attempt=attempt) for f in self.failed_clients]
+            info = {
+                C.CLIENTS_SAMPLED: sampled,
+                C.FAILURES: failures,
+                C.FAILED_CLIENTS: failed,
+                C.RETRIES: attempt,
+            }
+            return new_arrays, metrics, info
+        raise AssertionError("unreachable")
 
     def federated_evaluate(
         self,
@@ -205,7 +278,6 @@ class FLWorkflow:
                 wall_offset = float(done[-1][C.WALL_SECONDS]) if done else 0.0
                 log.info("resuming %s after round %d", self.run_dir, start)
         self.discover_nodes(grid)
-        k = clients_per_round(cfg)
         rounds = int(cfg.rounds)
         t0 = time.monotonic()
         with RunWriter(self.run_dir, tensorboard=bool(cfg.tensorboard)).open(
@@ -213,16 +285,20 @@ class FLWorkflow:
         ) as writer:
             for rnd in range(start + 1, rounds + 1):
                 t_round = time.monotonic()
-                sampled = sample_partitions(int(cfg.seed), rnd, int(cfg.num_clients), k)
-                arrays, train_metrics, failures = self.train_round(
-                    grid, strategy, rnd, arrays, sampled
-                )
+                try:
+                    arrays, train_metrics, info = self.train_with_retries(
+                        grid, strategy, rnd, arrays
+                    )
+                except RunStopped:
+                    if rnd > 1:  # keep every finished round for resume
+                        self._checkpoint(rnd - 1, arrays, strategy)
+                    raise
+                sampled = info[C.CLIENTS_SAMPLED]
                 record: dict[str, Any] = {
                     C.ROUND: rnd,
                     C.TRAIN_LOSS: train_metrics.get(C.TRAIN_LOSS),
                     C.TRAIN_ACCURACY: train_metrics.get(C.TRAIN_ACCURACY),
-                    C.CLIENTS_SAMPLED: sampled,
-                    C.FAILURES: failures,
+                    **info,
                 }
                 if rnd % int(cfg.eval_every) == 0 or rnd == rounds:
                     model.load_state_dict(torch_state(arrays))
@@ -238,25 +314,23 @@ class FLWorkflow:
                 self._progress(record, rounds)
                 every = int(cfg.checkpoint_every)
                 if rnd == rounds or (every and rnd % every == 0):
-                    state = {
-                        a: getattr(strategy, a)
-                        for a in STATE_ATTRS
-                        if getattr(strategy, a, None) is not None
-                    }
-                    save_checkpoint(
-                        self.run_dir,
-                        rnd,
-                        {
-                            "arrays": {k2: v.numpy() for k2, v in arrays.items()},
-                            "strategy_state": state,
-                        },
-                    )
+                    self._checkpoint(rnd, arrays, strategy)
                 self.on_round_end(rnd, record)
         metrics = read_metrics(self.run_dir)
         summary = write_summary(self.run_dir, metrics, seed=int(cfg.seed))
         plot_accuracy(self.run_dir, metrics)
         self.on_run_end(summary)
         return summary
+
+    def _checkpoint(self, rnd: int, arrays: ArrayRecord, strategy: Strategy) -> None:
+        state = {
+            a: getattr(strategy, a) for a in STATE_ATTRS if getattr(strategy, a, None) is not None
+        }
+        save_checkpoint(
+            self.run_dir,
+            rnd,
+            {"arrays": {k: v.numpy() for k, v in arrays.items()}, "strategy_state": state},
+        )
 
     def _progress(self, record: dict[str, Any], rounds: int) -> None:
         if not self.cfg.progress:
