@@ -18,21 +18,30 @@ class EngineStopped(RuntimeError):
     """The simulation engine stopped while the server was waiting for replies."""
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list[Message | None]:
     """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
+
+    Returns one entry per message, in order: its reply, or None if none came in time. Replies are
+    matched by the id of the message they answer (an error reply made by the SuperLink for an
+    unreachable node does not carry that node's id as its source).
 
     Polls quickly at first (replies of small clients come within milliseconds), backing off to
     0.1 s, and raises :class:`EngineStopped` if :data:`ENGINE_STOP` is set meanwhile.
     """
-    pending = {mid for mid in grid.push_messages(messages) if mid}
-    replies: list[Message] = []
+    ids = [mid for mid in grid.push_messages(messages)]
+    index = {mid: i for i, mid in enumerate(ids) if mid}
+    pending = set(index)
+    replies: list[Message | None] = [None] * len(ids)
     deadline = time.monotonic() + timeout
     interval = 0.001
     while pending and time.monotonic() < deadline:
         got = list(grid.pull_messages(list(pending)))
         if got:
-            replies.extend(got)
-            pending.difference_update(m.metadata.reply_to_message_id for m in got)
+            for m in got:
+                mid = m.metadata.reply_to_message_id
+                if mid in pending:
+                    replies[index[mid]] = m
+                    pending.discard(mid)
             interval = 0.001
             continue
         if ENGINE_STOP.is_set():
@@ -40,3 +49,8 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float)
         time.sleep(interval)
         interval = min(interval * 2, 0.1)
     return replies
+
+
+def send_and_receive(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list[Message]:
+    """The replies that came within ``timeout`` seconds (see :func:`exchange`)."""
+    return [r for r in exchange(grid, messages, timeout=timeout) if r is not None]

@@ -30,7 +30,7 @@ from fedsim.models import ClassifierModel, build_model
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_summary
 from fedsim.records import DecodedArray, array_record, torch_state
 from fedsim.seeding import sample_partitions
-from server.messaging import send_and_receive
+from server.messaging import exchange, send_and_receive
 from server.validation import check_train_reply
 from strategies import STATE_ATTRS, build_strategy
 from strategies.grid_view import SampledGrid
@@ -145,16 +145,19 @@ class FLWorkflow:
         view = SampledGrid(grid, [self.node_of[p] for p in sampled])
         config = ConfigRecord(self.train_config(server_round))
         messages = list(strategy.configure_train(server_round, arrays, config, view))
-        replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
+        answers = exchange(grid, messages, timeout=float(self.cfg.round_timeout))
         pid_of = {nid: pid for pid, nid in self.node_of.items()}
         good: list[Message] = []
-        answered = {r.metadata.src_node_id for r in replies}
-        self.failed_clients = [
-            {"client": pid_of.get(m.metadata.dst_node_id), "reason": "no reply (round_timeout)"}
-            for m in messages
-            if m.metadata.dst_node_id not in answered
-        ]
-        for reply in sorted(replies, key=lambda r: pid_of.get(r.metadata.src_node_id, -1)):
+        self.failed_clients = []
+        # Sorted by partition id: floating-point sums depend on the order.
+        for msg, reply in sorted(
+            zip(messages, answers, strict=True),
+            key=lambda mr: pid_of.get(mr[0].metadata.dst_node_id, -1),
+        ):
+            pid = pid_of.get(msg.metadata.dst_node_id)
+            if reply is None:
+                self.failed_clients.append({"client": pid, "reason": "no reply (round_timeout)"})
+                continue
             problem, decoded = check_train_reply(reply, arrays)
             if problem is None:
                 # Hand the strategy arrays it need not decode again.
@@ -162,7 +165,6 @@ class FLWorkflow:
                     DecodedArray.adopt(arr, decoded[name])
                 good.append(reply)
             else:
-                pid = pid_of.get(reply.metadata.src_node_id)
                 self.failed_clients.append({"client": pid, "reason": problem})
                 log.warning("round %d, client %s refused: %s", server_round, pid, problem)
         failures = len(self.failed_clients)
