@@ -34,7 +34,7 @@ def deployment_config(cfg: DictConfig, run_id: int) -> DictConfig:
         skip = {*RESUMABLE_KEYS, "resume", "output_dir"}
         mine = {k: v for k, v in OmegaConf.to_container(cfg).items() if k not in skip}  # type: ignore[union-attr]
         theirs = {k: v for k, v in OmegaConf.to_container(saved).items() if k not in skip}  # type: ignore[union-attr]
-        differ = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
+        differ = sorted(str(k) for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         if differ:
             raise ConfigError(
                 f"cannot resume {cfg.resume!r}: the run config differs from the saved one in "
