@@ -51,6 +51,9 @@ TENSORBOARD_DIR = "tb"
 PARTITION_CSV = "partition_histogram.csv"
 PARTITION_PNG = "partition_heatmap.png"
 ACCURACY_PNG = "accuracy.png"
+LABEL_QUALITY_CSV = (
+    "label_quality.csv"  # per client: weak-label kind, local method, realised quality
+)
 
 # --- summary.json keys ------------------------------------------------------------------------
 FINAL_ACCURACY = "final_accuracy"
