@@ -260,7 +260,7 @@ def semi(
     num_classes: int,
     rng: np.random.Generator,
     *,
-    labeled_ratio: float | None = 0.05,
+    labeled_ratio: float | None = None,
     labels_per_class: int | None = None,
 ) -> WeakLabels:
     """A labeled subset with true labels; the rest is unlabeled (``y = -1``).
@@ -271,7 +271,8 @@ def semi(
         Fraction of the client's samples that keep their label (``round``, at least 1 when > 0).
     labels_per_class
         Instead: this many labels per class (all of a class when it has fewer). Exactly one of the
-        two must be set.
+        two must be set (``conf/weak_labels/semi.yaml`` sets ``labeled_ratio: 0.05``; override
+        ``weak_labels.labeled_ratio=null`` to use ``labels_per_class``).
     """
     true = np.asarray(labels, dtype=np.int64)
     n = len(true)
