@@ -3,6 +3,9 @@
 - ``fixmatch_no_unlabeled``: FixMatch with ``threshold=1.01``, so no pseudo-label ever passes: the
   same loop, the same weakly augmented labeled batches, and no unlabeled term. It separates the
   effect of the weak augmentation on the supervised part from that of the unlabeled term.
+- ``fixmatch_no_unlabeled_no_augment``: the same without flip and crop: only the loop's extra
+  passes over the labeled samples (it cycles them to match one pass over the unlabeled set)
+  remain.
 - ``pseudo-labels``: with the final global model of a finished FixMatch/FlexMatch/CE run, the
   fraction of each client's unlabeled samples whose weak-view confidence passes 0.95, and the
   accuracy of those pseudo-labels against the true labels.
@@ -82,18 +85,24 @@ def main() -> None:
         data_root=str(REPO.parent / "shared" / "data"),
     )
     out: dict[str, object] = {}
-    run_dir = Path(args.runs_dir) / "probe" / "fixmatch_no_unlabeled" / f"seed{args.seed}"
-    if not args.skip_runs and not (run_dir / "summary.json").is_file():
-        from fedsim.runner import run
+    probes = {
+        "fixmatch_no_unlabeled": ["local.threshold=1.01"],
+        "fixmatch_no_unlabeled_no_augment": [
+            "local.threshold=1.01",
+            "local.flip=false",
+            "local.pad=0",
+        ],
+    }
+    for name, extra in probes.items():
+        run_dir = Path(args.runs_dir) / "probe" / name / f"seed{args.seed}"
+        if not args.skip_runs and not (run_dir / "summary.json").is_file():
+            from fedsim.runner import run
 
-        cfg = compose(
-            [*overrides(table_args, "semi5", "fixmatch", args.seed), "local.threshold=1.01"]
-        )
-        cfg.checkpoint_every = 0
-        cfg.output_dir = str(run_dir)
-        run(cfg)
-    if (run_dir / "summary.json").is_file():
-        out["fixmatch_no_unlabeled"] = json.loads((run_dir / "summary.json").read_text())
+            cfg = compose([*overrides(table_args, "semi5", "fixmatch", args.seed), *extra])
+            cfg.output_dir = str(run_dir)
+            run(cfg)
+        if (run_dir / "summary.json").is_file():
+            out[name] = json.loads((run_dir / "summary.json").read_text())
     for method in ("supervised", "fixmatch", "flexmatch"):
         d = Path(args.runs_dir) / "semi5" / method / f"seed{args.seed}"
         if (d / "summary.json").is_file():
