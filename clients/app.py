@@ -6,6 +6,7 @@ the whole fedsim config from Flower's run config and its partition id from the n
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,8 @@ class ClientRuntime:
     learner_name: str
     learner: Learner
     client_data: dict[int, ClientData] = field(default_factory=dict)
+    client_locals: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    learners: dict[str, Learner] = field(default_factory=dict)
     last_arrays: tuple[Any, dict[str, torch.Tensor]] | None = None
     targets: dict[str, torch.Tensor] | None = None
 
@@ -69,6 +72,18 @@ class ClientRuntime:
         if pid not in self.client_data:
             self.client_data[pid] = self.federation.client_data(pid)
         return self.client_data[pid]
+
+    def learner_for(self, pid: int) -> tuple[str, Learner]:
+        """Client ``pid``'s local method: ``cfg.local``, or its weak-label group's ``local``."""
+        if not self.client_locals:
+            from fedsim.data.weak_clients import client_locals
+
+            self.client_locals = client_locals(self.cfg)
+        name, params = self.client_locals[pid]
+        key = json.dumps([name, params], sort_keys=True)
+        if key not in self.learners:
+            self.learners[key] = build_learner(name, params)
+        return name, self.learners[key]
 
     def load(self, arrays: ArrayRecord) -> ClassifierModel:
         """The resident model loaded with ``arrays``; the messages of one batch share one
@@ -191,7 +206,8 @@ def train(msg: Message, context: Context) -> Message:
     if fault == "raise":
         raise InjectedFault(f"client {pid} fails in round {server_round} (faults.raise_clients)")
     data = rt.data(pid)
-    check_label_kind(rt.learner_name, type(rt.learner), data.label_kind)
+    learner_name, learner = rt.learner_for(pid)
+    check_label_kind(learner_name, type(learner), data.label_kind)
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
     seed = client_seed(rt.seed, server_round, pid)
     # Seed the global CPU generator (dropout, augmentation) without torch.manual_seed, which with
@@ -201,7 +217,7 @@ def train(msg: Message, context: Context) -> Message:
         torch.cuda.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     state = _load_state(context)
-    result = rt.learner.train(
+    result = learner.train(
         model,
         data,
         device=rt.device,
@@ -231,6 +247,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received model on this client's partition."""
     rt = client_runtime(context)
     data = rt.data(partition_id(context, rt))
+    lab = data.labeled_indices()  # weak labels: a client evaluates on the samples it has labels for
+    if lab.numel() < len(data):
+        data = data.subset(lab)
+    if len(data) == 0:
+        metrics = {NUM_EXAMPLES_KEY: 0, EVAL_LOSS: 0.0, EVAL_ACCURACY: 0.0}
+        return Message(RecordDict({METRICS_KEY: MetricRecord(metrics)}), reply_to=msg)  # type: ignore[arg-type]
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
     loss, acc = evaluate_model(
         model,

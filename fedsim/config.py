@@ -123,6 +123,9 @@ def validate(cfg: DictConfig) -> None:
 
     _int_at_least(cfg, "num_clients", 1)
     clients_per_round(cfg)
+    from fedsim.data.weak_clients import check_weak_labels
+
+    check_weak_labels(cfg)  # weak labels per client group; CE refuses partial labels
     _int_at_least(cfg, "rounds", 1)
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "checkpoint_every", 0)

@@ -57,6 +57,9 @@ STOPPED_FILE = "stopped.txt"  # why the server stopped a run early (absent when 
 
 # --- node_config keys (deployment: `flower-supernode --node-config`) ---------------------------
 DATA_ROOT_KEY = "data-root"  # where this node's dataset files are (overrides dataset.root)
+LABEL_QUALITY_CSV = (
+    "label_quality.csv"  # per client: weak-label kind, local method, realised quality
+)
 
 # --- summary.json keys ------------------------------------------------------------------------
 FINAL_ACCURACY = "final_accuracy"

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.learners import ClientData
 from fedsim.data import DatasetArrays, load_dataset, longtail_indices, partition_dataset
+from fedsim.data.weak_clients import client_specs, generate, weak_config
+from fedsim.data.weak_labels import WeakLabels
 
 
 @dataclass(frozen=True)
@@ -32,21 +34,36 @@ class Federation:
         Indices into ``data.train_x`` kept after the optional long-tail subsampling.
     partitions
         One sorted index array per client, indexing ``data.train_x`` directly.
+    weak
+        Each client's weak labels (``weak_labels`` config group; ``clean`` by default).
+    weak_groups
+        Each client's ``weak_labels.groups`` index (``-1``: the group's default).
     """
 
     data: DatasetArrays
     train_indices: np.ndarray
     partitions: tuple[np.ndarray, ...]
+    weak: tuple[WeakLabels, ...] = ()
+    weak_groups: tuple[int, ...] = ()
 
     def client_data(self, partition_id: int) -> ClientData:
-        """The data held by client ``partition_id``."""
+        """The data held by client ``partition_id``, with its weak labels."""
         idx = torch.from_numpy(self.partitions[partition_id])
+        y = self.data.train_y[idx]
+        kind, candidates = "clean", None
+        if self.weak:
+            wl = self.weak[partition_id]
+            kind, y = wl.kind, torch.from_numpy(wl.y)
+            if wl.candidates is not None:
+                candidates = torch.from_numpy(wl.candidates)
         return ClientData(
             x=self.data.train_x[idx],
-            y=self.data.train_y[idx],
+            y=y,
             mean=self.data.mean,
             std=self.data.std,
             num_classes=self.data.num_classes,
+            label_kind=kind,
+            candidates=candidates,
         )
 
 
@@ -61,6 +78,7 @@ def _key(cfg: DictConfig) -> str:
             "seed": int(cfg.seed),
             "longtail_rho": float(cfg.longtail_rho),
             "max_train_samples": cfg.get("max_train_samples"),
+            "weak_labels": weak_config(cfg),
         },
         sort_keys=True,
     )
@@ -91,4 +109,22 @@ def _build(key: str) -> Federation:
         spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params
     )
     partitions = tuple(np.asarray(keep[p], dtype=np.int64) for p in local)
-    return Federation(data=data, train_indices=keep, partitions=partitions)
+    # Weak labels: per client, seeded by (seed, partition id), after partitioning (spec section 4).
+    wcfg = {"seed": seed, "num_clients": spec["num_clients"], "weak_labels": spec["weak_labels"]}
+    specs = client_specs(wcfg)
+    weak = []
+    for pid, part in enumerate(partitions):
+        ws = specs[pid][1]
+        x = (
+            data.train_x[torch.from_numpy(part)].numpy()
+            if ws.params.get("noise_type") == "instance"
+            else None
+        )
+        weak.append(generate(ws, labels[part], data.num_classes, seed, pid, x=x))
+    return Federation(
+        data=data,
+        train_indices=keep,
+        partitions=partitions,
+        weak=tuple(weak),
+        weak_groups=tuple(g for g, _ in specs),
+    )

@@ -153,6 +153,9 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
     fed = build_federation(cfg)
     labels = fed.data.train_y.numpy()
     write_partition_report(run_dir, labels, list(fed.partitions), fed.data.num_classes)
+    from fedsim.data.weak_clients import write_label_quality
+
+    write_label_quality(run_dir / C.LABEL_QUALITY_CSV, cfg, fed.weak, fed.weak_groups)
     if not cfg.get("verbose"):
         for name in ("flwr", "alembic", "ray"):
             logging.getLogger(name).setLevel(logging.WARNING)

@@ -18,6 +18,7 @@ from fedsim.config import (
     validate,
 )
 from fedsim.data import DATASETS, PARTITIONERS
+from fedsim.data.weak_labels import WEAK_LABELS
 from fedsim.engine import ENGINES
 from fedsim.errors import ConfigError
 from fedsim.models import MODELS
@@ -32,6 +33,7 @@ GROUPS = {
     "strategy": STRATEGIES,
     "local": LOCAL,
     "engine": ENGINES,
+    "weak_labels": WEAK_LABELS,
 }
 
 

@@ -3,6 +3,19 @@
 Learners are registered by name in :data:`LOCAL` and selected by the Hydra config group ``local``.
 """
 
+from clients.learners import (  # noqa: F401  (register the weak-supervision learners)
+    bldr,
+    cc,
+    coteaching,
+    dpc,
+    fixmatch,
+    flexmatch,
+    gce,
+    proden,
+    rc,
+    sce,
+    upllrs,
+)
 from clients.learners import supervised as _supervised  # noqa: F401  (registers "supervised")
 from clients.learners.base import LOCAL, ClientData, Learner, TrainResult, build_learner
 

@@ -68,7 +68,12 @@ LABEL_KINDS = ("clean", "noisy", "partial", "semi")
 
 @dataclass
 class ClientData:
-    """What one client holds: images (uint8, shared with the process) and its labels."""
+    """What one client holds: images (uint8, shared with the process) and its labels.
+
+    ``y`` is ``-1`` where a sample has no single label (unlabeled ``semi`` samples, and every
+    ``partial`` sample, whose label is the candidate set in ``candidates``, an ``n x C`` bool
+    matrix).
+    """
 
     x: torch.Tensor
     y: torch.Tensor
@@ -76,9 +81,44 @@ class ClientData:
     std: Sequence[float]
     num_classes: int
     label_kind: str = "clean"
+    candidates: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
+
+    def labeled_indices(self) -> torch.Tensor:
+        """Positions of the samples with a single given label."""
+        return torch.nonzero(self.y >= 0).flatten()
+
+    def unlabeled_indices(self) -> torch.Tensor:
+        """Positions of the samples with neither a label nor a candidate set."""
+        has_set = self.candidates.any(1) if self.candidates is not None else None
+        free = self.y < 0
+        if has_set is not None:
+            free &= ~has_set
+        return torch.nonzero(free).flatten()
+
+    def candidate_matrix(self) -> torch.Tensor:
+        """``n x C`` bool candidate sets: ``candidates``, else the one-hot given labels."""
+        if self.candidates is not None:
+            return self.candidates
+        out = torch.zeros(len(self), self.num_classes, dtype=torch.bool)
+        lab = self.y >= 0
+        out[lab, self.y[lab]] = True
+        return out
+
+    def subset(self, idx: torch.Tensor) -> ClientData:
+        """The samples at ``idx`` (same statistics and kind)."""
+        cand = self.candidates[idx] if self.candidates is not None else None
+        return ClientData(
+            x=self.x[idx],
+            y=self.y[idx],
+            mean=self.mean,
+            std=self.std,
+            num_classes=self.num_classes,
+            label_kind=self.label_kind,
+            candidates=cand,
+        )
 
 
 @dataclass
@@ -106,6 +146,8 @@ class Learner:
 
     #: Kinds of labels this learner can use (checked at start, see :func:`check_label_kind`).
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean"})
+    #: The generator of the current training call's randomness (set by :meth:`train`).
+    rng: torch.Generator
 
     def __init__(
         self,
@@ -149,6 +191,20 @@ class Learner:
     def on_train_end(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         """Called after the loop."""
 
+    def augment(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment a uint8 image batch before normalisation (default: none)."""
+        return x
+
+    def on_epoch_start(self, model: nn.Module, data: ClientData, epoch: int) -> None:
+        """Called before each local epoch (``epoch`` counts from 0 within this call)."""
+
+    def train_indices(self, data: ClientData) -> torch.Tensor:
+        """Positions one epoch iterates over: by default the samples with a label or a
+        candidate set (unlabeled samples are skipped)."""
+        if data.candidates is None and not bool((data.y < 0).any()):
+            return torch.arange(len(data))
+        return torch.nonzero((data.y >= 0) | data.candidate_matrix().any(1)).flatten()
+
     # ---- the loop -----------------------------------------------------------------------------
     def train(
         self,
@@ -166,7 +222,9 @@ class Learner:
         ``w_global`` is the model as received.
         """
         state = {} if state is None else state
-        n = len(data)
+        self.rng = generator
+        pool = self.train_indices(data)
+        n = int(pool.numel())
         if n == 0:
             return TrainResult(0, {})
         first = next(model.parameters(), None)
@@ -176,14 +234,15 @@ class Learner:
         self.on_train_start(model, data, state)
         global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
         opt = self.make_optimizer(model)
-        loss_sum, correct, seen = 0.0, 0, 0
-        for _ in range(self.epochs):
-            order = torch.randperm(n, generator=generator)
+        loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
+        for epoch in range(self.epochs):
+            self.on_epoch_start(model, data, epoch)
+            order = pool[torch.randperm(n, generator=generator)]
             for start in range(0, n, self.batch_size):
                 idx = order[start : start + self.batch_size]
                 if idx.numel() < 2 and n >= 2:  # BatchNorm needs > 1 sample; drop a last single
                     continue
-                xb = to_float(data.x[idx].to(device), data.mean, data.std)
+                xb = to_float(self.augment(data.x[idx]).to(device), data.mean, data.std)
                 yb = data.y[idx].to(device)
                 loss, logits = self.loss(model, xb, yb, idx)
                 if proximal_mu > 0:
@@ -197,11 +256,16 @@ class Learner:
                 opt.step()
                 b = int(idx.numel())
                 loss_sum += float(loss.detach()) * b
-                if yb.dim() == 1:
-                    correct += int((logits.detach().argmax(1) == yb).sum())
                 seen += b
+                if yb.dim() == 1 and logits.shape[0] == b:
+                    has = yb >= 0
+                    correct += int((logits.detach().argmax(1)[has] == yb[has]).sum())
+                    labeled += int(has.sum())
         self.on_train_end(model, data, state)
-        metrics = {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct / max(seen, 1)}
+        metrics = {
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(labeled, 1),
+        }
         return TrainResult(n, metrics)
 
 

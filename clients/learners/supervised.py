@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 from clients.learners.base import LOCAL, Learner
 
 
 @LOCAL.register("supervised")
 class Supervised(Learner):
-    """Plain cross-entropy on clean labels (the FedAvg/FedProx client)."""
+    """Plain cross-entropy (the FedAvg/FedProx client). It takes clean and noisy labels (CE is the
+    noisy-label baseline) and ``semi`` labels, of which it uses the labeled part only; it refuses
+    partial labels."""
+
+    label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy", "semi"})

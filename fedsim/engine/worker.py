@@ -74,17 +74,8 @@ class ClientWorker:
         data = rt.data(0)
         if len(data) >= 2:  # one tiny training call warms up autograd, the optimizer and the
             # allocator; every real call reloads the weights it receives, so this changes nothing
-            from clients.learners import ClientData
-
-            tiny = ClientData(
-                x=data.x[:2],
-                y=data.y[:2],
-                mean=data.mean,
-                std=data.std,
-                num_classes=data.num_classes,
-                label_kind=data.label_kind,
-            )
-            learner = copy.copy(rt.learner)
+            tiny = data.subset(torch.arange(2))
+            learner = copy.copy(rt.learner_for(0)[1])
             learner.epochs = 1
             learner.train(
                 rt.model,

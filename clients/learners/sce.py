@@ -1,0 +1,50 @@
+"""SCE: symmetric cross-entropy (Wang et al., ICCV 2019), for noisy labels."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from clients.learners.base import LOCAL, Learner
+from clients.learners.losses import sce_loss
+
+
+@LOCAL.register("sce")
+class SCE(Learner):
+    """``alpha CE + beta RCE`` with ``log 0`` clipped to ``log_zero`` (A = -4, recalled).
+
+    Defaults are the reference code's CIFAR-10 values (alpha 0.1, beta 1.0).
+    """
+
+    label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
+
+    def __init__(
+        self,
+        *,
+        alpha: float = 0.1,
+        beta: float = 1.0,
+        log_zero: float = -4.0,
+        epochs: int = 1,
+        batch_size: int = 32,
+        optimizer: str = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(
+            epochs=epochs,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            lr=lr,
+            momentum=momentum,
+            weight_decay=weight_decay,
+        )
+        self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
+
+    def loss(
+        self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return sce_loss(logits, y, self.alpha, self.beta, self.log_zero), logits
