@@ -15,6 +15,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from clients.attacks.client import attack_step
 from clients.learners import ClientData, Learner, build_learner
 from clients.learners.base import check_label_kind
 from fedsim.config import from_run_config, resolve_device
@@ -180,6 +181,9 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content.config_records[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
     data = rt.data(pid)
+    attack = attack_step(rt.cfg, pid, server_round)  # None: this client trains honestly
+    if attack is not None:
+        data = attack.poison(data)
     check_label_kind(rt.learner_name, type(rt.learner), data.label_kind)
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
     seed = client_seed(rt.seed, server_round, pid)
@@ -199,6 +203,8 @@ def train(msg: Message, context: Context) -> Message:
         state=state,
     )
     _save_state(context, state)
+    if attack is not None and rt.last_arrays is not None:
+        attack.after_train(model, rt.last_arrays[1])
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     content = RecordDict(
         {

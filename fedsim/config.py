@@ -157,6 +157,9 @@ def validate(cfg: DictConfig) -> None:
     from strategies import check_strategy_params
 
     check_strategy_params(cfg)
+    from server.backdoor_eval import check_backdoor_config
+
+    check_backdoor_config(cfg)
 
 
 def resolve_device(name: str) -> str:

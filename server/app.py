@@ -12,7 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import from_run_config
-from server.workflow import FLWorkflow
+from server.backdoor import workflow_class
 
 app = ServerApp()
 
@@ -22,4 +22,4 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured workflow."""
     cfg = from_run_config(context.run_config)
     run_dir = Path(cfg.output_dir) if cfg.get("output_dir") else Path("outputs") / "flwr-run"
-    FLWorkflow(cfg, run_dir).run(grid)
+    workflow_class(cfg)(cfg, run_dir).run(grid)

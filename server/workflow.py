@@ -78,6 +78,14 @@ class FLWorkflow:
     def on_run_end(self, summary: dict[str, Any]) -> None:
         """Called once the summary is written."""
 
+    def sample(self, server_round: int, k: int) -> list[int]:
+        """The ``k`` partition ids that train in ``server_round`` (seeded)."""
+        return sample_partitions(int(self.cfg.seed), server_round, int(self.cfg.num_clients), k)
+
+    def configure_strategy(self, strategy: Strategy) -> Strategy:
+        """Called once with the built strategy (e.g. to hand it server-side data)."""
+        return strategy
+
     # ---- setup --------------------------------------------------------------------------------
     def initial_model(self) -> ClassifierModel:
         """The seeded initial global model."""
@@ -190,7 +198,7 @@ class FLWorkflow:
         self.device = torch.device(resolve_device(str(cfg.device)))
         self.federation: Federation = build_federation(cfg)
         model = self.initial_model().to(self.device)
-        strategy = build_strategy(cfg)
+        strategy = self.configure_strategy(build_strategy(cfg))
         arrays = array_record(model.state_dict())
         start, wall_offset = 0, 0.0
         if cfg.get("resume"):
@@ -213,7 +221,7 @@ class FLWorkflow:
         ) as writer:
             for rnd in range(start + 1, rounds + 1):
                 t_round = time.monotonic()
-                sampled = sample_partitions(int(cfg.seed), rnd, int(cfg.num_clients), k)
+                sampled = self.sample(rnd, k)
                 arrays, train_metrics, failures = self.train_round(
                     grid, strategy, rnd, arrays, sampled
                 )
