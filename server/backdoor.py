@@ -252,4 +252,5 @@ def posthoc_defense(run_dir: Path, defense: dict[str, Any]) -> dict[str, Any]:
     wf = BackdoorWorkflow(cfg, Path(run_dir))
     wf.device = torch.device(resolve_device(str(cfg.device)))
     wf.federation = build_federation(cfg)
+    wf._setup()
     return apply_defense(cfg, Path(run_dir), wf, defense)
