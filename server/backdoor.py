@@ -78,7 +78,9 @@ class BackdoorWorkflow(FLWorkflow):
             seed=int(cfg.seed),
             source=str(be.get("aux_source", "holdout")),
         )
-        self.aux_idx, self.root_idx, self.clean_idx = (torch.from_numpy(i) for i in (aux, root, clean))
+        self.aux_idx, self.root_idx, self.clean_idx = (
+            torch.from_numpy(i) for i in (aux, root, clean)
+        )
         self._ready = True
 
     def initial_model(self) -> ClassifierModel:
@@ -152,14 +154,25 @@ class BackdoorWorkflow(FLWorkflow):
         data = self.federation.data
         x, y = data.test_x[self.clean_idx], data.test_y[self.clean_idx]
         loss, acc = evaluate_model(
-            model, x, y, mean=data.mean, std=data.std, device=self.device,
+            model,
+            x,
+            y,
+            mean=data.mean,
+            std=data.std,
+            device=self.device,
             batch_size=int(self.cfg.eval_batch_size),
         )
         out: dict[str, Any] = {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc, C.BACKDOOR_MA: acc}
         if self.attack is not None:
             out.update(
                 backdoor_metrics(
-                    model, x, y, self.attack, mean=data.mean, std=data.std, device=self.device,
+                    model,
+                    x,
+                    y,
+                    self.attack,
+                    mean=data.mean,
+                    std=data.std,
+                    device=self.device,
                     batch_size=int(self.cfg.eval_batch_size),
                 )
             )
@@ -180,7 +193,9 @@ class BackdoorWorkflow(FLWorkflow):
             result = apply_defense(self.cfg, self.run_dir, self)
             extra["defense"] = result
         if extra:
-            summary.update(write_summary(self.run_dir, metrics, seed=int(self.cfg.seed), extra=extra))
+            summary.update(
+                write_summary(self.run_dir, metrics, seed=int(self.cfg.seed), extra=extra)
+            )
 
 
 def apply_defense(
@@ -193,7 +208,9 @@ def apply_defense(
     write :data:`~fedsim.constants.DEFENSE_FILE` and TensorBoard scalars; return the result with
     MA/ASR/RA before and after."""
     node = cfg.defense if defense is None else defense
-    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    plain = (
+        OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else dict(node)
+    )
     assert isinstance(plain, dict)
     name = str(plain["name"])
     fn = DEFENSES.get(name)
@@ -233,7 +250,11 @@ def apply_defense(
 
         with SummaryWriter(log_dir=str(Path(run_dir) / C.TENSORBOARD_DIR)) as tb:
             for key, value in result.items():
-                if isinstance(value, int | float) and not isinstance(value, bool) and value is not None:
+                if (
+                    isinstance(value, int | float)
+                    and not isinstance(value, bool)
+                    and value is not None
+                ):
                     tb.add_scalar(f"{name}/{key}", float(value), global_step=int(ckpt["round"]))
     log.info("defense %s: %s", name, json.dumps(result))
     return result

@@ -125,12 +125,22 @@ def check_backdoor_config(cfg: object) -> None:
         plain = OmegaConf.to_container(node, resolve=True)
         assert isinstance(plain, dict)
         if "name" not in plain:
-            raise ConfigError("config group 'defense' has no name: pick none, flain or dormant_pruning")
+            raise ConfigError(
+                "config group 'defense' has no name: pick none, flain or dormant_pruning"
+            )
         name = str(plain["name"])
         check_defense(name, defense_params(plain), str(OmegaConf.select(cfg, "dataset.name")))
         if name != "none" and be.get("aux_per_class", 0) < 1:
-            raise invalid("backdoor_eval.aux_per_class", be.get("aux_per_class"), f"an integer >= 1 for defense {name!r}")
+            raise invalid(
+                "backdoor_eval.aux_per_class",
+                be.get("aux_per_class"),
+                f"an integer >= 1 for defense {name!r}",
+            )
     strategy = str(OmegaConf.select(cfg, "strategy.name"))
     inner = str(OmegaConf.select(cfg, "strategy.inner", default=""))
     if "fltrust" in (strategy, inner) and be.get("root_per_class", 0) < 1:
-        raise invalid("backdoor_eval.root_per_class", be.get("root_per_class"), "an integer >= 1 for strategy 'fltrust'")
+        raise invalid(
+            "backdoor_eval.root_per_class",
+            be.get("root_per_class"),
+            "an integer >= 1 for strategy 'fltrust'",
+        )

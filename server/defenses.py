@@ -280,7 +280,9 @@ def check_defense(name: str, params: Mapping[str, Any], dataset: str) -> None:
         if params.get("mode", "reference") not in fl.MODES:
             raise invalid("defense.mode", params.get("mode"), " or ".join(fl.MODES))
         if params.get("on_no_stop", "last") not in fl.ON_NO_STOP:
-            raise invalid("defense.on_no_stop", params.get("on_no_stop"), " or ".join(fl.ON_NO_STOP))
+            raise invalid(
+                "defense.on_no_stop", params.get("on_no_stop"), " or ".join(fl.ON_NO_STOP)
+            )
         if params.get("activation_stat", "mean") not in fl.ACTIVATION_STATS:
             raise invalid(
                 "defense.activation_stat",

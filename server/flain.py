@@ -139,11 +139,9 @@ def flain_search(
             break
         prev = (last_w, float(k), size, last_acc)
     terminated = kept is None
-    if kept is None:
-        if on_no_stop == "last" and prev is not None:
-            kept = prev
-        else:
-            kept = (w_final, None, 0, acc0)
+    if kept is None:  # the guard (spec 1.5): keep the last evaluated W, or W_T
+        use_last = on_no_stop == "last" and prev is not None
+        kept = prev if use_last else (w_final, None, 0, acc0)
     w, k_star, count, acc = kept
     if rescale_norm:
         w = rescale(w, n_t)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -78,7 +77,9 @@ class UpdateRule(FedAvg):
         node_ids = [int(m.metadata.src_node_id) for m in valid]
         agg, extra = self.combine(server_round, U, weights, node_ids)
         parts = dict(zip(fkeys, rm.unflatten(agg, [glob[k] for k in fkeys]), strict=True))
-        new = {k: (glob[k] + parts[k]).astype(glob[k].dtype) if k in parts else glob[k] for k in keys}
+        new = {
+            k: (glob[k] + parts[k]).astype(glob[k].dtype) if k in parts else glob[k] for k in keys
+        }
         metrics = self.train_metrics_aggr_fn([m.content for m in valid], self.weighted_by_key)
         for key, value in extra.items():
             metrics[key] = float(value)
@@ -223,5 +224,3 @@ def dp_fixed_clipping(
     return DifferentialPrivacyServerSideFixedClipping(
         wrapped, noise_multiplier, clipping_norm, num_sampled_clients
     )
-
-

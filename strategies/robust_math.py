@@ -102,7 +102,10 @@ def flame_accept(U: np.ndarray) -> np.ndarray:
     dist = np.clip(1.0 - cosine_matrix(U), 0.0, 2.0)
     np.fill_diagonal(dist, 0.0)
     labels = HDBSCAN(
-        min_cluster_size=n // 2 + 1, min_samples=1, metric="precomputed", allow_single_cluster=True,
+        min_cluster_size=n // 2 + 1,
+        min_samples=1,
+        metric="precomputed",
+        allow_single_cluster=True,
         copy=True,
     ).fit_predict(dist)
     clusters = [c for c in np.unique(labels) if c >= 0]

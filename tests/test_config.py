@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clients.attacks import ATTACKS
 from clients.learners import LOCAL
 from fedsim.config import (
     CONF_DIR,
@@ -23,6 +24,7 @@ from fedsim.errors import ConfigError
 from fedsim.models import MODELS
 from fedsim.registry import Registry
 from fedsim.runner import prepare
+from server.defenses import DEFENSES
 from strategies import STRATEGIES
 
 GROUPS = {
@@ -32,6 +34,8 @@ GROUPS = {
     "strategy": STRATEGIES,
     "local": LOCAL,
     "engine": ENGINES,
+    "attack": ATTACKS,
+    "defense": DEFENSES,
 }
 
 

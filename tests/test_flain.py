@@ -52,7 +52,12 @@ def test_norm_is_preserved_after_rescale() -> None:
     assert np.linalg.norm(res.weight) == pytest.approx(np.linalg.norm(wt))
     assert not np.allclose(res.weight, wt)
     raw = fl.flain_search(
-        a, wt, w0, lambda m: 0.5, grid=fl.threshold_grid(0.001, 0.001, 1.0), tolerance=0.0,
+        a,
+        wt,
+        w0,
+        lambda m: 0.5,
+        grid=fl.threshold_grid(0.001, 0.001, 1.0),
+        tolerance=0.0,
         rescale_norm=False,
     )
     assert np.allclose(raw.weight, fl.flip_columns(wt, w0, fl.flip_set(a, 0.001)))
@@ -126,8 +131,13 @@ def test_stop_threshold_matches_a_hand_computation_in_both_modes() -> None:
 def test_tolerance_zero_stops_at_the_first_k_when_accuracy_does_not_rise() -> None:
     a = np.array([0.0, 0.3])
     res = fl.flain_search(
-        a, np.eye(2), np.zeros((2, 2)), lambda w: 0.8,
-        grid=fl.threshold_grid(0.001, 0.001, 1.0), tolerance=0.0, rescale_norm=False,
+        a,
+        np.eye(2),
+        np.zeros((2, 2)),
+        lambda w: 0.8,
+        grid=fl.threshold_grid(0.001, 0.001, 1.0),
+        tolerance=0.0,
+        rescale_norm=False,
     )
     assert res.k_star == 0.001 and res.flip_count == 1 and res.grid_steps == 1
 
@@ -139,7 +149,12 @@ def test_guard_fires_when_tolerance_is_unreachable() -> None:
     assert last.terminated_without_stop and last.flip_count == 2  # the last evaluated W
     assert np.linalg.norm(last.weight) == pytest.approx(np.linalg.norm(np.eye(3)))
     ident = fl.flain_search(
-        a, np.eye(3), np.zeros((3, 3)), lambda w: 1.0, grid=grid, tolerance=0.5,
+        a,
+        np.eye(3),
+        np.zeros((3, 3)),
+        lambda w: 1.0,
+        grid=grid,
+        tolerance=0.5,
         on_no_stop="identity",
     )
     assert ident.terminated_without_stop and np.array_equal(ident.weight, np.eye(3))
@@ -182,7 +197,9 @@ def test_flain_on_a_model_uses_cached_inputs_and_matches_full_forward() -> None:
         model, initial, x, y, mean=[0.0], std=[1.0], device=torch.device("cpu"), dataset="mnist"
     )
     assert info["k_star"] == 0.001 and info["flip_count"] >= 1 and info["dormant_inputs"] == 1
-    assert torch.linalg.norm(state["fc.0.weight"]) == pytest.approx(float(torch.linalg.norm(lin.weight.detach())), rel=1e-5)
+    assert torch.linalg.norm(state["fc.0.weight"]) == pytest.approx(
+        float(torch.linalg.norm(lin.weight.detach())), rel=1e-5
+    )
     assert torch.equal(state["fc.0.bias"], model.state_dict()["fc.0.bias"])  # bias untouched
     assert torch.equal(state["classifier.weight"], model.state_dict()["classifier.weight"])
 

@@ -7,9 +7,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 from flwr.supercore.task_identity import TaskIdentity
-from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedsim.config import compose
 from strategies import STRATEGIES, build_strategy
@@ -50,7 +50,9 @@ def test_norm_clipping_bounds_the_outlier_and_keeps_honest_mean() -> None:
 
 def test_weak_dp_noise_has_the_requested_scale() -> None:
     H = np.zeros((4, 20000))
-    agg = rm.norm_clipping(H, np.ones(4), clip_norm=1.0, noise_std=0.5, rng=np.random.default_rng(1))
+    agg = rm.norm_clipping(
+        H, np.ones(4), clip_norm=1.0, noise_std=0.5, rng=np.random.default_rng(1)
+    )
     assert abs(agg.std() - 0.5) < 0.02
 
 
@@ -151,7 +153,9 @@ def test_each_rule_resists_an_outlier_and_keeps_the_mean(rule: str) -> None:
     glob = np.zeros(d, np.float32)
     attack = sybils(n, d) if rule == "foolsgold" else with_outlier(n, d)
     for U, expect_near_mean in ((attack, False), (honest(n, d), True)):
-        cfg = compose([f"strategy={rule}", "num_clients=8", "clients_per_round=8", *RULE_OVERRIDES[rule]])
+        cfg = compose(
+            [f"strategy={rule}", "num_clients=8", "clients_per_round=8", *RULE_OVERRIDES[rule]]
+        )
         strategy = build_strategy(cfg)
         if rule == "fltrust":
             strategy.server_update = lambda arrays, rnd: np.ones(d)

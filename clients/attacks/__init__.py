@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+from clients.attacks import poisoning as _poisoning  # noqa: F401  (registers the attacks)
 from clients.attacks.base import (
     ATTACKS,
     Attack,
@@ -22,7 +23,6 @@ from clients.attacks.base import (
     malicious_partitions,
     sample_with_attackers,
 )
-from clients.attacks import poisoning as _poisoning  # noqa: F401  (registers the attacks)
 from fedsim.errors import ConfigError
 
 NO_ATTACK = "none"

@@ -115,7 +115,9 @@ class ModelReplacement(CBA):
         scale_update(model, global_state, gamma)
 
 
-def scale_update(model: torch.nn.Module, global_state: dict[str, torch.Tensor], gamma: float) -> None:
+def scale_update(
+    model: torch.nn.Module, global_state: dict[str, torch.Tensor], gamma: float
+) -> None:
     """In place: every floating-point entry ``w`` of ``model``'s state becomes
     ``g + gamma * (w - g)``."""
     with torch.no_grad():
