@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
 from clients.attacks.base import Attack
@@ -102,7 +103,7 @@ def backdoor_metrics(
     }
 
 
-def check_backdoor_config(cfg: object) -> None:
+def check_backdoor_config(cfg: DictConfig) -> None:
     """Validate the ``attack``, ``defense`` and ``backdoor_eval`` nodes of a fedsim config (one
     line per problem, before any work starts)."""
     from omegaconf import OmegaConf
@@ -143,4 +144,21 @@ def check_backdoor_config(cfg: object) -> None:
             "backdoor_eval.root_per_class",
             be.get("root_per_class"),
             "an integer >= 1 for strategy 'fltrust'",
+        )
+
+
+def check_attack_data(cfg: DictConfig, num_classes: int, image_size: int) -> None:
+    """Check the attack against the loaded dataset: labels in range, trigger inside the images."""
+    from clients.attacks import attack_from_config
+    from fedsim.errors import ConfigError
+
+    attack = attack_from_config(cfg)
+    if attack is None:
+        return
+    attack.check(num_classes)
+    size = getattr(attack, "image_size", None)
+    if size is not None and int(size) != int(image_size):
+        raise ConfigError(
+            f"invalid attack.image_size={size}: the dataset's images are {image_size}x{image_size} "
+            f"(set attack.image_size={image_size} and a trigger that fits)"
         )

@@ -255,7 +255,7 @@ def dormant_pruning(
 _FIXED = {"model", "initial_state", "aux_x", "aux_y", "mean", "std", "device", "dataset"}
 
 
-def defense_params(node: Mapping[str, Any]) -> dict[str, Any]:
+def defense_params(node: Mapping[Any, Any]) -> dict[str, Any]:
     """The defense's parameters (``cfg.defense`` without ``name``)."""
     return {str(k): v for k, v in node.items() if k != "name"}
 

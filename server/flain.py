@@ -142,6 +142,7 @@ def flain_search(
     if kept is None:  # the guard (spec 1.5): keep the last evaluated W, or W_T
         use_last = on_no_stop == "last" and prev is not None
         kept = prev if use_last else (w_final, None, 0, acc0)
+    assert kept is not None
     w, k_star, count, acc = kept
     if rescale_norm:
         w = rescale(w, n_t)

@@ -72,7 +72,10 @@ class UpdateRule(FedAvg):
             updates.append([to_numpy(rec[k]).astype(np.float64) - glob[k] for k in fkeys])
         U = rm.flatten(updates)
         weights = np.array(
-            [float(next(iter(m.content.metric_records.values()))[NUM_EXAMPLES_KEY]) for m in valid]
+            [
+                float(next(iter(m.content.metric_records.values()))[NUM_EXAMPLES_KEY])  # type: ignore[arg-type]
+                for m in valid
+            ]
         )
         node_ids = [int(m.metadata.src_node_id) for m in valid]
         agg, extra = self.combine(server_round, U, weights, node_ids)

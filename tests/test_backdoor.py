@@ -165,3 +165,23 @@ def test_digits_run_with_attack_fltrust_and_flain(tmp_path) -> None:  # type: ig
     cfg2.output_dir = str(tmp_path / "run2")
     again = run(cfg2)  # same seed, same config -> same metrics
     assert again["final_asr"] == summary["final_asr"] and again["final_ma"] == summary["final_ma"]
+
+
+def test_attack_checked_against_the_dataset_before_work() -> None:
+    for overrides, pattern in (
+        (["attack=cba"], r"invalid attack.image_size=28: the dataset's images are 8x8"),
+        (
+            [
+                "attack=cba",
+                "attack.image_size=8",
+                "attack.trigger_size=2",
+                "attack.trigger_pos=[6,6]",
+                "attack.target=12",
+            ],
+            r"invalid attack.target/source=\[12, 0\]",
+        ),
+    ):
+        cfg = compose(overrides)
+        cfg.output_dir = "unused"
+        with pytest.raises(ConfigError, match=pattern):
+            prepare(cfg)

@@ -28,7 +28,7 @@ from fedsim.errors import ConfigError
 NO_ATTACK = "none"
 
 
-def attack_params(node: Mapping[str, Any]) -> dict[str, Any]:
+def attack_params(node: Mapping[Any, Any]) -> dict[str, Any]:
     """The attack's parameters (all keys of ``cfg.attack`` but ``name``)."""
     return {str(k): v for k, v in node.items() if k != "name"}
 
