@@ -85,6 +85,8 @@ def run_one(args: argparse.Namespace, rule: str, mcr: float) -> dict:
     done = out / "table_result.json"
     if done.is_file():
         return json.loads(done.read_text())
+    if args.cached_only:
+        return {}
     t0 = time.time()
     summary = run(compose(overrides(args, rule, mcr, out)))
     result = {
@@ -153,6 +155,25 @@ def plot(results: list[dict], mcrs: list[float], path: Path) -> None:
     plt.close(fig)
 
 
+def start_ray() -> None:
+    """One Ray instance for all runs (each run then only starts its actors)."""
+    import logging
+    import os
+    import sys
+
+    import ray
+
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    pythonpath = os.pathsep.join(p for p in sys.path if p)
+    if os.environ.get("PYTHONPATH"):
+        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
+    ray.init(
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--rounds", type=int, default=5)
@@ -162,16 +183,32 @@ def main() -> None:
     p.add_argument("--channels", type=int, nargs=2, default=[16, 32])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--cached-only",
+        action="store_true",
+        help="only collect the runs already done in --runs-dir (missing cells: 'not run')",
+    )
+    p.add_argument(
+        "--flain-tolerances",
+        type=float,
+        nargs="*",
+        default=[],
+        help="also apply FLAIN with these tolerances to each FedAvg run (post hoc)",
+    )
     p.add_argument("--data", default=str((ROOT / ".." / "shared" / "data").resolve()))
     p.add_argument("--runs-dir", default=str(ROOT / "outputs" / "backdoor_table"))
     p.add_argument("--out", default=str(ROOT / "docs" / "results"))
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not args.cached_only:
+        start_ray()
     results, t0 = [], time.time()
-    for mcr in args.mcr:
-        for rule in args.rules:
+    for rule in args.rules:  # rule-major: every MCR of a row before the next row
+        for mcr in args.mcr:
             r = run_one(args, rule, mcr)
+            if not r:
+                continue  # --cached-only and not run
             results.append(r)
             print(
                 f"MCR {mcr} {rule}: MA {r['ma']:.4f} ASR {r['asr']:.4f} ({r['seconds']:.0f}s)",
@@ -179,6 +216,30 @@ def main() -> None:
             )
             write(results, args, out, time.time() - t0)
     write(results, args, out, time.time() - t0)
+    if args.flain_tolerances:
+        for r in results:
+            if r["rule"] == "fedavg":
+                r["tolerance_sweep"] = tolerance_sweep(args, r["mcr"], args.flain_tolerances)
+        write(results, args, out, time.time() - t0)
+
+
+def tolerance_sweep(args: argparse.Namespace, mcr: float, tolerances: list[float]) -> list[dict]:
+    """FLAIN (reference mode) with other tolerances on a FedAvg run's final model (post hoc; a
+    sensitivity check beyond the reference, which uses tolerance 0 on MNIST)."""
+    from server.backdoor import posthoc_defense
+
+    run_dir = Path(args.runs_dir) / f"mcr{mcr}_fedavg"
+    rows = []
+    for tol in tolerances:
+        cache = run_dir / f"flain_tolerance_{tol}.json"
+        if cache.is_file():
+            rows.append(json.loads(cache.read_text()))
+            continue
+        r = posthoc_defense(run_dir, {"name": "flain", "mode": "reference", "tolerance": tol})
+        row = {"tolerance": tol, **r}
+        cache.write_text(json.dumps(row, indent=1))
+        rows.append(row)
+    return rows
 
 
 def write(results: list[dict], args: argparse.Namespace, out: Path, seconds: float) -> None:
@@ -212,6 +273,28 @@ def write(results: list[dict], args: argparse.Namespace, out: Path, seconds: flo
                 f"{100 * f['aux_acc_after']:.1f}; rollback k* = {rb['k_star']}, flipped {rb['flip_count']}; "
                 f"dormant pruning zeroed {r['dormant pruning']['pruned']} inputs."
             )
+        text.append("")
+    sweeps = [r for r in flain if r.get("tolerance_sweep")]
+    if sweeps:
+        text += [
+            "FLAIN tolerance sensitivity (reference mode, post hoc on the same final models; the "
+            "reference uses tolerance 0 on MNIST):",
+            "",
+            "| MCR | tolerance | k* | flipped inputs | aux acc before -> after (%) | MA (%) | ASR (%) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in sweeps:
+            text.append(
+                f"| {r['mcr']} | 0 | {r['flain']['k_star']} | {r['flain']['flip_count']} | "
+                f"{100 * r['flain']['aux_acc_before']:.1f} -> {100 * r['flain']['aux_acc_after']:.1f} | "
+                f"{100 * r['flain']['ma']:.1f} | {100 * r['flain']['asr']:.1f} |"
+            )
+            for t in r["tolerance_sweep"]:
+                text.append(
+                    f"| {r['mcr']} | {t['tolerance']} | {t['k_star']} | {t['flip_count']} | "
+                    f"{100 * t['aux_acc_before']:.1f} -> {100 * t['aux_acc_after']:.1f} | "
+                    f"{100 * t['ma_after']:.1f} | {100 * t['asr_after']:.1f} |"
+                )
         text.append("")
     (out / "backdoor.md").write_text("\n".join(text))
     (out / "backdoor_results.json").write_text(json.dumps(results, indent=1))
