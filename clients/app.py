@@ -17,6 +17,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from clients.attacks.client import attack_step
 from clients.faults import InjectedFault, corrupt, fault_for
 from clients.learners import ClientData, Learner, build_learner
 from clients.learners.base import check_label_kind
@@ -206,6 +207,9 @@ def train(msg: Message, context: Context) -> Message:
     if fault == "raise":
         raise InjectedFault(f"client {pid} fails in round {server_round} (faults.raise_clients)")
     data = rt.data(pid)
+    attack = attack_step(rt.cfg, pid, server_round)  # None: this client trains honestly
+    if attack is not None:
+        data = attack.poison(data)
     learner_name, learner = rt.learner_for(pid)
     check_label_kind(learner_name, type(learner), data.label_kind)
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
@@ -226,6 +230,8 @@ def train(msg: Message, context: Context) -> Message:
         state=state,
     )
     _save_state(context, state)
+    if attack is not None and rt.last_arrays is not None:
+        attack.after_train(model, rt.last_arrays[1])
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     arrays = array_record(model.state_dict())
     if fault in ("nan", "bad_shape"):

@@ -175,6 +175,9 @@ def validate(cfg: DictConfig) -> None:
     from strategies import check_strategy_params
 
     check_strategy_params(cfg)
+    from server.backdoor_eval import check_backdoor_config
+
+    check_backdoor_config(cfg)
 
 
 def _check_faults(cfg: DictConfig) -> None:

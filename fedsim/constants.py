@@ -34,6 +34,15 @@ WALL_SECONDS = "wall_seconds"  # seconds since the run started, at the end of th
 ROUND_SECONDS = "round_seconds"  # seconds this round took
 TIMESTAMP = "timestamp"  # unix time at the end of the round
 
+# --- backdoor metrics (metrics.jsonl keys, per evaluated round; fractions in [0, 1]) -----------
+BACKDOOR_MA = "ma"  # main-task accuracy on the clean test split minus held-out sets
+BACKDOOR_ASR = "asr"  # triggered eligible test images predicted as the target
+BACKDOOR_RA = "ra"  # the same images predicted as their true label
+SOURCE_ACCURACY = "source_accuracy"  # clean accuracy on the attack's source classes
+MALICIOUS_SAMPLED = "malicious_sampled"  # malicious partition ids among those sampled
+DEFENSE_FILE = "defense.json"  # post-training defense result (FLAIN, pruning)
+INITIAL_MODEL_FILE = "initial_model.npz"  # theta_0, stored explicitly for FLAIN
+
 # --- TensorBoard tags -------------------------------------------------------------------------
 TB_TAGS = {
     TRAIN_LOSS: "train/loss",
@@ -42,6 +51,9 @@ TB_TAGS = {
     EVAL_ACCURACY: "eval/accuracy",
     FAILURES: "round/failures",
     ROUND_SECONDS: "round/seconds",
+    BACKDOOR_MA: "backdoor/ma",
+    BACKDOOR_ASR: "backdoor/asr",
+    BACKDOOR_RA: "backdoor/ra",
 }
 
 # --- files in a run directory -----------------------------------------------------------------

@@ -76,6 +76,9 @@ def prepare(cfg: DictConfig) -> None:
         params=dict(cfg.model.get("params") or {}),
     )
     build_strategy(cfg)
+    from server.backdoor_eval import check_attack_data
+
+    check_attack_data(cfg, fed.data.num_classes, fed.data.image_size)
     from clients.learners import build_learner
 
     build_learner(str(cfg.local.name), {k: v for k, v in cfg.local.items() if k != "name"})

@@ -23,6 +23,13 @@ from server.workflow import FLWorkflow
 app = ServerApp()
 
 
+def workflow_for(cfg: DictConfig) -> type[FLWorkflow]:
+    """The workflow class that runs ``cfg`` (backdoor metrics and defenses when configured)."""
+    from server.backdoor import workflow_class
+
+    return workflow_class(cfg)
+
+
 def deployment_config(cfg: DictConfig, run_id: int) -> DictConfig:
     """The config of a ``flwr run`` (composed from its overrides): its run directory defaults to
     ``outputs/flwr-<run id>``; with ``resume=DIR`` it must match DIR's saved config (except the
@@ -59,7 +66,7 @@ def main(grid: Grid, context: Context) -> None:
         write_text_atomic(run_dir / C.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / C.STOPPED_FILE).unlink(missing_ok=True)
     try:
-        FLWorkflow(cfg, run_dir).run(grid)
+        workflow_for(cfg)(cfg, run_dir).run(grid)
     except RunStopped as e:
         write_text_atomic(run_dir / C.STOPPED_FILE, f"{e}\n")
         raise

@@ -88,6 +88,17 @@ class FLWorkflow:
     def on_run_end(self, summary: dict[str, Any]) -> None:
         """Called once the summary is written."""
 
+    def sample(self, server_round: int, k: int, attempt: int = 0) -> list[int]:
+        """The ``k`` partition ids that train in ``server_round`` (seeded; ``attempt`` > 0 for a
+        retried round)."""
+        return sample_partitions(
+            int(self.cfg.seed), server_round, int(self.cfg.num_clients), k, attempt
+        )
+
+    def configure_strategy(self, strategy: Strategy) -> Strategy:
+        """Called once with the built strategy (e.g. to hand it server-side data)."""
+        return strategy
+
     # ---- setup --------------------------------------------------------------------------------
     def initial_model(self) -> ClassifierModel:
         """The seeded initial global model."""
@@ -265,7 +276,7 @@ class FLWorkflow:
         self.device = torch.device(resolve_device(str(cfg.device)))
         self.federation: Federation = build_federation(cfg)
         model = self.initial_model().to(self.device)
-        strategy = build_strategy(cfg)
+        strategy = self.configure_strategy(build_strategy(cfg))
         arrays = array_record(model.state_dict())
         start, wall_offset = 0, 0.0
         if cfg.get("resume"):

@@ -165,4 +165,13 @@ def check_strategy_params(cfg: DictConfig) -> None:
 def build_strategy(cfg: DictConfig) -> Strategy:
     """Instantiate the strategy selected by ``cfg.strategy``."""
     check_strategy_params(cfg)
-    return STRATEGIES.get(str(cfg.strategy.name))(**strategy_params(cfg))
+    name = str(cfg.strategy.name)
+    params = strategy_params(cfg)
+    if STRATEGIES.meta(name).get("needs_clients_per_round"):
+        from fedsim.config import clients_per_round
+
+        params["num_sampled_clients"] = clients_per_round(cfg)
+    return STRATEGIES.get(name)(**params)
+
+
+from strategies import robust as _robust  # noqa: E402,F401  (registers fedsim's robust rules)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from clients.attacks import ATTACKS
 from clients.learners import LOCAL
 from fedsim.config import (
     CONF_DIR,
@@ -24,6 +25,7 @@ from fedsim.errors import ConfigError
 from fedsim.models import MODELS
 from fedsim.registry import Registry
 from fedsim.runner import prepare
+from server.defenses import DEFENSES
 from strategies import STRATEGIES
 
 GROUPS = {
@@ -34,6 +36,8 @@ GROUPS = {
     "local": LOCAL,
     "engine": ENGINES,
     "weak_labels": WEAK_LABELS,
+    "attack": ATTACKS,
+    "defense": DEFENSES,
 }
 
 

@@ -49,6 +49,8 @@ def test_preset_smoke_run(preset: str, tmp_path: Path) -> None:
         if not (SHARED_DATA / "MNIST").is_dir():
             pytest.skip(f"no offline data at {SHARED_DATA}")
         cfg.dataset.root = str(SHARED_DATA)
+    if preset == "flain_mnist":
+        cfg.max_train_samples = 3000  # reduced data (50 clients, Adam, FLAIN at the end)
     cfg.output_dir = str(tmp_path / preset)
     summary = run(cfg)
     assert summary["rounds"] == 1 and summary["final_accuracy"] is not None
