@@ -6,6 +6,7 @@ the whole fedsim config from Flower's run config and its partition id from the n
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from clients import fal
 from clients.learners import ClientData, Learner, build_learner
 from clients.learners.base import check_label_kind
 from fedsim.config import from_run_config, resolve_device
@@ -23,6 +25,8 @@ from fedsim.constants import (
     CONFIG_KEY,
     EVAL_ACCURACY,
     EVAL_LOSS,
+    FAL_LR_SCALE,
+    FAL_QUERY_ACTION,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
     NUM_PARTITIONS_KEY,
@@ -172,6 +176,13 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.query(FAL_QUERY_ACTION)
+def fal_query(msg: Message, context: Context) -> Message:
+    """One step of a federated active-learning query cycle (see ``clients/fal.py``)."""
+    rt = client_runtime(context)
+    return fal.handle(msg, context, rt, partition_id(context, rt))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition with the configured learner."""
@@ -179,7 +190,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context, rt)
     config = msg.content.config_records[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
-    data = rt.data(pid)
+    data = fal.training_data(context, rt.data(pid))  # FAL: the labeled pool only
     check_label_kind(rt.learner_name, type(rt.learner), data.label_kind)
     model = rt.load(msg.content.array_records[ARRAYS_KEY])
     seed = client_seed(rt.seed, server_round, pid)
@@ -190,7 +201,11 @@ def train(msg: Message, context: Context) -> Message:
         torch.cuda.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     state = _load_state(context)
-    result = rt.learner.train(
+    learner = rt.learner
+    if FAL_LR_SCALE in config:  # FAL's per-stage lr decay
+        learner = copy.copy(learner)
+        learner.lr = learner.lr * float(config[FAL_LR_SCALE])  # type: ignore[arg-type]
+    result = learner.train(
         model,
         data,
         device=rt.device,
@@ -199,6 +214,7 @@ def train(msg: Message, context: Context) -> Message:
         state=state,
     )
     _save_state(context, state)
+    fal.after_train(context, config, model)
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     content = RecordDict(
         {

@@ -157,6 +157,10 @@ def validate(cfg: DictConfig) -> None:
     from strategies import check_strategy_params
 
     check_strategy_params(cfg)
+    if cfg.get("query") is not None:  # federated active learning
+        from server.fal import validate_fal
+
+        validate_fal(cfg)
 
 
 def resolve_device(name: str) -> str:

@@ -12,6 +12,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import from_run_config
+from server.fal import FALWorkflow
 from server.workflow import FLWorkflow
 
 app = ServerApp()
@@ -22,4 +23,5 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured workflow."""
     cfg = from_run_config(context.run_config)
     run_dir = Path(cfg.output_dir) if cfg.get("output_dir") else Path("outputs") / "flwr-run"
-    FLWorkflow(cfg, run_dir).run(grid)
+    workflow = FALWorkflow if cfg.get("query") is not None else FLWorkflow
+    workflow(cfg, run_dir).run(grid)

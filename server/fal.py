@@ -1,0 +1,442 @@
+"""Federated active learning: stages of FL training on the clients' labeled pools, separated by
+query cycles in which the clients pick samples to label (FAL/FairFAL spec, sections 1, 5, 9, 11).
+
+:class:`FALWorkflow` reuses :class:`~server.workflow.FLWorkflow`'s node discovery, round, evaluation
+and strategy plumbing; a whole FAL run is one Flower run. The query phase runs on the clients
+through ``query.fal`` messages (``clients/fal.py``): the server ships only models, budgets and
+FairFAL's scalar ``rbar``, and receives scalars and class histograms. The pure functions here
+(budgets, AULC, class-balance statistics) are what the tests check by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.serverapp import Grid
+from omegaconf import DictConfig
+
+from clients.query import QUERY, build_query
+from fedsim import constants as C
+from fedsim.checkpoint import save_checkpoint
+from fedsim.config import clients_per_round, resolve_device
+from fedsim.data import to_float
+from fedsim.errors import ConfigError, invalid
+from fedsim.federation import build_federation
+from fedsim.models import ClassifierModel, build_model
+from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_json_atomic, write_summary
+from fedsim.records import array_record, torch_state
+from fedsim.seeding import derive_seed, sample_partitions
+from server.messaging import send_and_receive
+from server.workflow import FLWorkflow
+from strategies import build_strategy
+
+log = logging.getLogger("fedsim")
+
+RESETS = ("random", "continue")
+
+
+# ---- pure functions ---------------------------------------------------------------------------
+def fal_budgets(
+    num_samples: int,
+    num_clients: int,
+    *,
+    initial_ratio: float,
+    query_ratio: float,
+    end_ratio: float,
+) -> tuple[int, int, list[float]]:
+    """Per-client initial pool ``b0``, per-cycle budget ``b`` and the stages' labeled ratios.
+
+    ``N100`` is ``num_samples`` rounded to the nearest hundred; ``b0 = int(N100 * initial_ratio /
+    K)``, ``b = int(N100 * query_ratio / K)``; ratios run ``initial_ratio, + query_ratio, ...`` while
+    ``round(ratio, 2) <= end_ratio``.
+    """
+    n100 = int(round(num_samples / 100.0)) * 100
+    b0 = int(n100 * initial_ratio / num_clients)
+    b = int(n100 * query_ratio / num_clients)
+    ratios, s = [], 0
+    while round(initial_ratio + s * query_ratio, 2) <= end_ratio + 1e-12:
+        ratios.append(round(initial_ratio + s * query_ratio, 4))
+        s += 1
+    return b0, b, ratios
+
+
+def aulc(ratios: list[float], accuracies: list[float]) -> float:
+    """Area under accuracy(labeled ratio) by the trapezoid rule, divided by the span (in [0, 1];
+    a single stage gives its accuracy)."""
+    x = np.asarray(ratios, dtype=np.float64)
+    y = np.asarray(accuracies, dtype=np.float64)
+    if len(x) < 2:
+        return float(y[0]) if len(y) else float("nan")
+    return float(np.sum((y[1:] + y[:-1]) * np.diff(x)) / 2.0 / (x[-1] - x[0]))
+
+
+def tail_classes(train_counts: np.ndarray) -> np.ndarray:
+    """The rarer half of the classes (``C // 2`` of them): classes ordered by training count,
+    largest first (ties: lower index first), last half. Under the long-tail profile these are
+    classes ``C - C//2 .. C - 1``."""
+    counts = np.asarray(train_counts)
+    order = np.argsort(-counts, kind="stable")
+    return np.sort(order[len(counts) - len(counts) // 2 :])
+
+
+def class_balance(hist: np.ndarray, tail: np.ndarray) -> dict[str, float]:
+    """Balance statistics of a class histogram: tail share, normalised entropy, classes missing
+    and the min/max ratio over the classes present."""
+    h = np.asarray(hist, dtype=np.float64)
+    total = h.sum()
+    c = len(h)
+    if total == 0:
+        return {"tail_share": float("nan"), "entropy": float("nan"), "missing": c, "min_max": 0.0}
+    p = h / total
+    ent = -float(np.sum(p[p > 0] * np.log(p[p > 0]))) / math.log(c) if c > 1 else 0.0
+    present = h[h > 0]
+    return {
+        "tail_share": float(h[tail].sum() / total),
+        "entropy": ent,
+        "missing": int((h == 0).sum()),
+        "min_max": float(present.min() / present.max()),
+    }
+
+
+@torch.no_grad()
+def per_class_accuracy(
+    model: ClassifierModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    mean: Any,
+    std: Any,
+    *,
+    device: torch.device,
+    batch_size: int,
+    num_classes: int,
+) -> list[float]:
+    """Accuracy of ``model`` on each class of ``(x, y)`` (NaN for a class absent from ``y``)."""
+    model.eval()
+    preds = []
+    for s in range(0, int(x.shape[0]), batch_size):
+        preds.append(model(to_float(x[s : s + batch_size].to(device), mean, std)).argmax(1).cpu())
+    p = torch.cat(preds).numpy()
+    t = y.numpy()
+    return [
+        float((p[t == c] == c).mean()) if (t == c).any() else float("nan")
+        for c in range(num_classes)
+    ]
+
+
+def validate_fal(cfg: DictConfig) -> None:
+    """Check the ``fal`` and ``query`` groups (called by :func:`fedsim.config.validate` when a query
+    strategy is configured)."""
+    q = cfg.get("query")
+    if q is None:
+        return
+    if "name" not in q:
+        raise ConfigError(f"config group 'query' has no name: pick one of {QUERY.names()}")
+    build_query(str(q.name), {k: v for k, v in q.items() if k != "name"})
+    fal = cfg.get("fal")
+    if fal is None:
+        raise ConfigError("a query strategy needs the 'fal' config group (fal=standard)")
+    for key in ("initial_ratio", "query_ratio", "end_ratio"):
+        v = fal.get(key)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not 0 < v <= 1:
+            raise invalid(f"fal.{key}", v, "a number in (0, 1]")
+    if fal.end_ratio < fal.initial_ratio:
+        raise invalid("fal.end_ratio", fal.end_ratio, f">= fal.initial_ratio={fal.initial_ratio}")
+    if fal.reset not in RESETS:
+        raise invalid("fal.reset", fal.reset, ", ".join(RESETS))
+    if not 0 < float(fal.lr_decay_at) <= 1 or not float(fal.lr_gamma) > 0:
+        raise invalid("fal.lr_decay_at/lr_gamma", (fal.lr_decay_at, fal.lr_gamma), "(0, 1] and > 0")
+    if int(fal.infer_batch_size) < 1:
+        raise invalid("fal.infer_batch_size", fal.infer_batch_size, "an integer >= 1")
+    if fal.local_only.milestone_unit not in ("iteration", "epoch"):
+        raise invalid(
+            "fal.local_only.milestone_unit", fal.local_only.milestone_unit, "iteration, epoch"
+        )
+    if cfg.get("resume"):
+        raise ConfigError("resume is not supported for FAL runs (query=...): start a new run")
+
+
+# ---- the workflow -----------------------------------------------------------------------------
+class FALWorkflow(FLWorkflow):
+    """FAL stages (``cfg.rounds`` FL rounds each) and query cycles; see the module docstring."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path) -> None:
+        super().__init__(cfg, run_dir)
+        self._stage_round = 1
+        self._save_last_local = False
+
+    # hooks
+    def train_config(self, server_round: int) -> dict[str, Any]:
+        fal = self.cfg.fal
+        rounds = int(self.cfg.rounds)
+        decay = math.floor(float(fal.lr_decay_at) * rounds)
+        scale = float(fal.lr_gamma) if self._stage_round > decay else 1.0
+        out: dict[str, Any] = {C.FAL_LR_SCALE: scale}
+        if self._save_last_local and self._stage_round == rounds:
+            out[C.FAL_SAVE_LAST_LOCAL] = True
+        return out
+
+    def _model(self, seed: int) -> ClassifierModel:
+        data = self.federation.data
+        torch.manual_seed(seed)
+        return build_model(
+            str(self.cfg.model.name),
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            image_size=data.image_size,
+            params=dict(self.cfg.model.get("params") or {}),
+        ).to(self.device)
+
+    def _ask(
+        self, grid: Grid, config: dict[str, Any], arrays: dict[str, Any] | None = None
+    ) -> dict[int, dict[str, Any]]:
+        """Send one ``query.fal`` message to every client; their metrics by partition id."""
+        pid_of = {nid: pid for pid, nid in self.node_of.items()}
+        messages = []
+        for pid in sorted(self.node_of):
+            content = RecordDict({C.CONFIG_KEY: ConfigRecord(config)})
+            for key, rec in (arrays or {}).items():
+                content[key] = rec
+            messages.append(
+                Message(
+                    content,
+                    dst_node_id=self.node_of[pid],
+                    message_type=f"query.{C.FAL_QUERY_ACTION}",
+                )
+            )
+        replies = send_and_receive(grid, messages, timeout=float(self.cfg.round_timeout))
+        out: dict[int, dict[str, Any]] = {}
+        for reply in replies:
+            pid = pid_of.get(reply.metadata.src_node_id, -1)
+            if reply.has_error():
+                raise RuntimeError(
+                    f"FAL phase {config[C.FAL_PHASE]!r}: client {pid} failed: {reply.error.reason}"
+                )
+            out[pid] = dict(reply.content.metric_records[C.METRICS_KEY])
+        missing = sorted(set(self.node_of) - set(out))
+        if missing:
+            raise RuntimeError(
+                f"FAL phase {config[C.FAL_PHASE]!r}: no reply from clients {missing}"
+            )
+        return out
+
+    def run(self, grid: Grid) -> dict[str, Any]:
+        """Run every stage and query cycle; return the summary (with AULC)."""
+        cfg = self.cfg
+        fal = cfg.fal
+        self.device = torch.device(resolve_device(str(cfg.device)))
+        self.federation = build_federation(cfg)
+        data = self.federation.data
+        nc = data.num_classes
+        query = build_query(
+            str(cfg.query.name), {k: v for k, v in cfg.query.items() if k != "name"}
+        )
+        models_needed = query.models()
+        self._save_last_local = "last_local" in models_needed
+        needs_local = "local_only" in models_needed
+        self.discover_nodes(grid)
+        k = clients_per_round(cfg)
+        n_clients = int(cfg.num_clients)
+        rounds = int(cfg.rounds)
+        train_counts = np.bincount(
+            data.train_y.numpy()[self.federation.train_indices], minlength=nc
+        )
+        tail = tail_classes(train_counts)
+        sizes = self._ask(grid, {C.FAL_PHASE: C.FAL_PHASE_SIZE})
+        n_total = sum(int(m[C.FAL_POOL_SIZE]) for m in sizes.values())
+        b0, b, ratios = fal_budgets(
+            n_total,
+            n_clients,
+            initial_ratio=float(fal.initial_ratio),
+            query_ratio=float(fal.query_ratio),
+            end_ratio=float(fal.end_ratio),
+        )
+        if b0 < 1 or b < 1:
+            raise ConfigError(
+                f"FAL budgets of {n_total} samples over {n_clients} clients are empty "
+                f"(initial {b0}, per cycle {b}): use more data or fewer clients"
+            )
+        log.info("FAL: N=%d, b0=%d, b=%d per client, ratios %s", n_total, b0, b, ratios)
+        init = self._ask(grid, {C.FAL_PHASE: C.FAL_PHASE_INIT, C.FAL_BUDGET: b0})
+        labeled_hist = np.sum([m[C.FAL_LABELED_HIST] for m in init.values()], axis=0)
+        cum_query = np.zeros(nc, dtype=np.int64)
+        rbar: float | None = None
+        stage_acc: list[float] = []
+        gr = 0
+        t0 = time.monotonic()
+        arrays = None
+        fal_dir = self.run_dir / C.FAL_DIR
+        with RunWriter(self.run_dir, tensorboard=bool(cfg.tensorboard)).open() as writer:
+            for s, ratio in enumerate(ratios):
+                if arrays is None or str(fal.reset) == "random":
+                    model = self._model(derive_seed(int(cfg.seed), s, 0x57A6E))
+                    arrays = array_record(model.state_dict())
+                strategy = build_strategy(cfg)
+                stage_evals: list[float] = []
+                for r in range(1, rounds + 1):
+                    gr += 1
+                    self._stage_round = r
+                    t_round = time.monotonic()
+                    sampled = sample_partitions(int(cfg.seed), gr, n_clients, k)
+                    arrays, tm, failures = self.train_round(grid, strategy, gr, arrays, sampled)
+                    record: dict[str, Any] = {
+                        C.ROUND: gr,
+                        C.STAGE: s,
+                        C.LABELED_RATIO: ratio,
+                        C.TRAIN_LOSS: tm.get(C.TRAIN_LOSS),
+                        C.TRAIN_ACCURACY: tm.get(C.TRAIN_ACCURACY),
+                        C.CLIENTS_SAMPLED: sampled,
+                        C.FAILURES: failures,
+                    }
+                    if r % int(cfg.eval_every) == 0 or r == rounds:
+                        model.load_state_dict(torch_state(arrays))
+                        record.update(self.evaluate(gr, model))
+                        stage_evals.append(float(record[C.EVAL_ACCURACY]))
+                        writer.log_scalars(
+                            {f"fal/stage_{s}/test_acc": record[C.EVAL_ACCURACY]}, step=r
+                        )
+                    now = time.monotonic()
+                    record[C.ROUND_SECONDS] = now - t_round
+                    record[C.WALL_SECONDS] = now - t0
+                    record[C.TIMESTAMP] = time.time()
+                    writer.log_round(record)
+                    self._progress(record, rounds * len(ratios))
+                save_checkpoint(
+                    self.run_dir, gr, {"arrays": {n: v.numpy() for n, v in arrays.items()}}
+                )
+                pca = per_class_accuracy(
+                    model,
+                    data.test_x,
+                    data.test_y,
+                    data.mean,
+                    data.std,
+                    device=self.device,
+                    batch_size=int(cfg.eval_batch_size),
+                    num_classes=nc,
+                )
+                acc = stage_evals[-1]
+                stage_acc.append(acc)
+                lab_stats = class_balance(labeled_hist, tail)
+                stage: dict[str, Any] = {
+                    C.ROUND: gr,
+                    C.RECORD_KIND: "stage",
+                    C.STAGE: s,
+                    C.LABELED_RATIO: ratio,
+                    C.FAL_LABELED: int(labeled_hist.sum()),
+                    C.EVAL_ACCURACY: acc,
+                    "eval_accuracy_last5_mean": float(np.mean(stage_evals[-5:])),
+                    C.PER_CLASS_ACCURACY: pca,
+                    C.FAL_LABELED_HIST: labeled_hist.tolist(),
+                    C.LABELED_TAIL_SHARE: lab_stats["tail_share"],
+                }
+                if s < len(ratios) - 1:
+                    stage.update(
+                        self._query_cycle(grid, query, s, arrays, b, rbar, needs_local, fal_dir)
+                    )
+                    if C.RBAR in stage:
+                        rbar = float(stage[C.RBAR])
+                    qh = np.asarray(stage[C.FAL_QUERY_HIST])
+                    cum_query += qh
+                    qs = class_balance(qh, tail)
+                    stage[C.QUERY_TAIL_SHARE] = qs["tail_share"]
+                    stage[C.QUERY_ENTROPY] = qs["entropy"]
+                    stage["query_min_max"] = qs["min_max"]
+                    stage[C.QUERY_MISSING] = int((cum_query == 0).sum())
+                    labeled_hist = np.asarray(stage.pop("labeled_hist_after"))
+                stage[C.WALL_SECONDS] = time.monotonic() - t0
+                stage[C.TIMESTAMP] = time.time()
+                writer.log_round(stage)
+                writer.log_scalars(
+                    {tag: stage.get(key) for key, tag in C.TB_FAL_TAGS.items()}, step=s
+                )
+                log.info("FAL stage %d (ratio %.2f): test accuracy %.4f", s, ratio, acc)
+        rounds_only = [r for r in read_metrics(self.run_dir) if r.get(C.RECORD_KIND) != "stage"]
+        qtail = [
+            r[C.QUERY_TAIL_SHARE]
+            for r in read_metrics(self.run_dir)
+            if r.get(C.RECORD_KIND) == "stage" and C.QUERY_TAIL_SHARE in r
+        ]
+        extra = {
+            C.AULC: aulc(ratios, stage_acc),
+            C.MEAN_STAGE_ACCURACY: float(np.mean(stage_acc)),
+            C.STAGE_ACCURACIES: stage_acc,
+            C.LABELED_RATIOS: ratios,
+            C.QUERY_TAIL_SHARE: float(np.mean(qtail)) if qtail else None,
+            "query_hist_total": cum_query.tolist(),
+            "labeled_hist_final": labeled_hist.tolist(),
+            "budget_initial": b0,
+            "budget_per_cycle": b,
+            "pool_size": n_total,
+            "query": str(cfg.query.name),
+        }
+        summary = write_summary(self.run_dir, rounds_only, seed=int(cfg.seed), extra=extra)
+        plot_accuracy(self.run_dir, rounds_only)
+        self.on_run_end(summary)
+        return summary
+
+    def _query_cycle(
+        self,
+        grid: Grid,
+        query: Any,
+        s: int,
+        arrays: Any,
+        budget: int,
+        rbar: float | None,
+        needs_local: bool,
+        fal_dir: Path,
+    ) -> dict[str, Any]:
+        """One query cycle after stage ``s``; the cycle's record entries."""
+        cfg = self.cfg
+        out: dict[str, Any] = {}
+        payload: dict[str, Any] = {C.ARRAYS_KEY: arrays}
+        if needs_local:  # one initialisation shared by every client's local-only model
+            theta0 = self._model(derive_seed(int(cfg.seed), s, 0x10CA1))
+            payload[C.FAL_LOCAL_ARRAYS] = array_record(theta0.state_dict())
+        base = {C.FAL_CYCLE: s, C.FAL_BUDGET: budget}
+        if query.needs_stats:
+            stats = self._ask(grid, {**base, C.FAL_PHASE: C.FAL_PHASE_STATS}, payload)
+            g = [float(stats[p][C.FAL_IMBALANCE]) for p in sorted(stats)]
+            computed = float(np.mean(g))
+            out["fairfal_rbar_computed"] = computed
+            out["fairfal_divergences"] = [float(stats[p][C.FAL_DIVERGENCE]) for p in sorted(stats)]
+            out["fairfal_imbalances"] = g
+            payload = {C.ARRAYS_KEY: arrays}  # L_k is kept on the client
+            # Q1: the reference computes rbar in the first cycle only and keeps it.
+            use = computed if rbar is None or not bool(query.freeze_rbar) else rbar
+            out[C.RBAR] = use
+            base[C.FAL_RBAR] = float(use)
+        picks = self._ask(grid, {**base, C.FAL_PHASE: C.FAL_PHASE_SELECT}, payload)
+        order = sorted(picks)
+        out[C.FAL_QUERY_HIST] = np.sum([picks[p][C.FAL_QUERY_HIST] for p in order], axis=0).tolist()
+        out["labeled_hist_after"] = np.sum(
+            [picks[p][C.FAL_LABELED_HIST] for p in order], axis=0
+        ).tolist()
+        out["query_hist_per_client"] = [list(picks[p][C.FAL_QUERY_HIST]) for p in order]
+        for key in (C.FAL_USE_GLOBAL_UNC, C.FAL_USE_GLOBAL_GRAD, C.FAL_PSEUDO_ACC, C.FAL_QUOTAS):
+            if key in picks[order[0]]:
+                vals = [picks[p].get(key) for p in order]
+                out[key] = [list(v) if isinstance(v, list) else v for v in vals]
+        write_json_atomic(
+            fal_dir / f"cycle_{s}.json",
+            {str(p): {k: v for k, v in picks[p].items()} for p in order},
+        )
+        return out
+
+
+__all__ = [
+    "FALWorkflow",
+    "aulc",
+    "class_balance",
+    "fal_budgets",
+    "per_class_accuracy",
+    "tail_classes",
+    "validate_fal",
+    "json",
+]
