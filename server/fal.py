@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
@@ -32,7 +32,7 @@ from fedsim.errors import ConfigError, invalid
 from fedsim.federation import build_federation
 from fedsim.models import ClassifierModel, build_model
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_json_atomic, write_summary
-from fedsim.records import array_record, torch_state
+from fedsim.records import array_record, to_numpy, torch_state
 from fedsim.seeding import derive_seed, sample_partitions
 from server.messaging import send_and_receive
 from server.workflow import FLWorkflow
@@ -107,7 +107,7 @@ def class_balance(hist: np.ndarray, tail: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def per_class_accuracy(
+def evaluate_per_class(
     model: ClassifierModel,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -117,18 +117,23 @@ def per_class_accuracy(
     device: torch.device,
     batch_size: int,
     num_classes: int,
-) -> list[float]:
-    """Accuracy of ``model`` on each class of ``(x, y)`` (NaN for a class absent from ``y``)."""
+) -> tuple[float, float, list[float]]:
+    """Mean cross-entropy, accuracy and per-class accuracy (NaN for a class absent from ``y``)
+    of ``model`` on ``(x, y)``, in batches."""
     model.eval()
-    preds = []
+    preds, loss = [], 0.0
     for s in range(0, int(x.shape[0]), batch_size):
-        preds.append(model(to_float(x[s : s + batch_size].to(device), mean, std)).argmax(1).cpu())
+        logits = model(to_float(x[s : s + batch_size].to(device), mean, std))
+        yb = y[s : s + batch_size].to(device)
+        loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
+        preds.append(logits.argmax(1).cpu())
     p = torch.cat(preds).numpy()
     t = y.numpy()
-    return [
+    pca = [
         float((p[t == c] == c).mean()) if (t == c).any() else float("nan")
         for c in range(num_classes)
     ]
+    return loss / max(len(t), 1), float((p == t).mean()), pca
 
 
 def validate_fal(cfg: DictConfig) -> None:
@@ -182,6 +187,58 @@ class FALWorkflow(FLWorkflow):
         if self._save_last_local and self._stage_round == rounds:
             out[C.FAL_SAVE_LAST_LOCAL] = True
         return out
+
+    def _test_split(self) -> tuple[torch.Tensor, torch.Tensor]:
+        data = self.federation.data
+        n = self.cfg.fal.get("test_subset")
+        if n is None or int(n) >= int(data.test_y.shape[0]):
+            return data.test_x, data.test_y
+        rng = np.random.default_rng(derive_seed(int(self.cfg.seed), 0x7E57))
+        idx = torch.from_numpy(np.sort(rng.permutation(int(data.test_y.shape[0]))[: int(n)]))
+        return data.test_x[idx], data.test_y[idx]
+
+    def evaluate(self, server_round: int, model: ClassifierModel) -> dict[str, float]:
+        """Test loss, accuracy and per-class accuracy in one batched pass (on a seeded subset of
+        ``fal.test_subset`` test images when set)."""
+        data = self.federation.data
+        x, y = self._test_split()
+        loss, acc, pca = evaluate_per_class(
+            model,
+            x,
+            y,
+            data.mean,
+            data.std,
+            device=self.device,
+            batch_size=int(self.cfg.eval_batch_size),
+            num_classes=data.num_classes,
+        )
+        self._per_class = pca
+        return {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc}
+
+    def train_round(
+        self,
+        grid: Grid,
+        strategy: Any,
+        server_round: int,
+        arrays: ArrayRecord,
+        sampled: list[int],
+    ) -> tuple[ArrayRecord, dict[str, Any], int]:
+        """A round of :class:`FLWorkflow`, with integer buffers cast back to their dtype.
+
+        The stock strategies average BatchNorm's integer ``num_batches_tracked`` with float weights
+        and return float64, which the next round's reply check refuses. As the reference does
+        (quirk Q6, ``weighted_cast``), the weighted mean is cast back to the integer dtype.
+        """
+        new, metrics, failures = super().train_round(grid, strategy, server_round, arrays, sampled)
+        fixed = {}
+        for name, arr in new.items():
+            ref = arrays[name]
+            if arr.dtype != ref.dtype:
+                fixed[name] = to_numpy(arr).astype(np.dtype(ref.dtype))
+        if fixed:
+            state = {n: (fixed[n] if n in fixed else to_numpy(a)) for n, a in new.items()}
+            new = array_record(state)
+        return new, metrics, failures
 
     def _model(self, seed: int) -> ClassifierModel:
         data = self.federation.data
@@ -311,16 +368,7 @@ class FALWorkflow(FLWorkflow):
                 save_checkpoint(
                     self.run_dir, gr, {"arrays": {n: v.numpy() for n, v in arrays.items()}}
                 )
-                pca = per_class_accuracy(
-                    model,
-                    data.test_x,
-                    data.test_y,
-                    data.mean,
-                    data.std,
-                    device=self.device,
-                    batch_size=int(cfg.eval_batch_size),
-                    num_classes=nc,
-                )
+                pca = self._per_class
                 acc = stage_evals[-1]
                 stage_acc.append(acc)
                 lab_stats = class_balance(labeled_hist, tail)
@@ -435,7 +483,7 @@ __all__ = [
     "aulc",
     "class_balance",
     "fal_budgets",
-    "per_class_accuracy",
+    "evaluate_per_class",
     "tail_classes",
     "validate_fal",
     "json",
