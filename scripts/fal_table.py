@@ -249,7 +249,7 @@ def main() -> None:
         from fedsim.engine.fast import _ray_init
 
         cfg = compose(overrides(args, args.betas[0], args.strategies[0], args.seeds[0]))
-        for attempt in range(3):  # one Ray for all runs (its start can time out on a busy host)
+        for _attempt in range(3):  # one Ray for all runs (its start can time out on a busy host)
             try:
                 _ray_init(cfg)
                 break
