@@ -118,14 +118,15 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
     if phase == C.FAL_PHASE_INIT:
         b0 = min(int(config[C.FAL_BUDGET]), n)  # type: ignore[arg-type]
         rng = np.random.default_rng(derive_seed(rt.seed, pid, 0xFA0))
-        mask = np.zeros(n, dtype=bool)
-        mask[rng.choice(n, size=b0, replace=False)] = True
-        _save_mask(context, mask)
-        return _reply(msg, {C.FAL_LABELED: int(mask.sum()), **_hists(labels, mask, num_classes)})
+        first = np.zeros(n, dtype=bool)
+        first[rng.choice(n, size=b0, replace=False)] = True
+        _save_mask(context, first)
+        return _reply(msg, {C.FAL_LABELED: int(first.sum()), **_hists(labels, first, num_classes)})
 
-    mask = labeled_mask(context)
-    if mask is None:
+    stored = labeled_mask(context)
+    if stored is None:
         raise RuntimeError(f"partition {pid}: FAL phase {phase!r} before the initial pool")
+    mask = stored
     cycle = int(config[C.FAL_CYCLE])  # type: ignore[arg-type]
     strategy = strategy_of(cfg)
     fal = cfg.fal

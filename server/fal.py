@@ -327,7 +327,7 @@ class FALWorkflow(FLWorkflow):
         if needs_local:  # one initialisation shared by every client's local-only model
             theta0 = self._model(derive_seed(int(cfg.seed), s, 0x10CA1))
             payload[C.FAL_LOCAL_ARRAYS] = array_record(theta0.state_dict())
-        base = {C.FAL_CYCLE: s, C.FAL_BUDGET: budget}
+        base: dict[str, Any] = {C.FAL_CYCLE: s, C.FAL_BUDGET: budget}
         if query.needs_stats:
             stats = self._ask(grid, {**base, C.FAL_PHASE: C.FAL_PHASE_STATS}, payload)
             g = [float(stats[p][C.FAL_IMBALANCE]) for p in sorted(stats)]
