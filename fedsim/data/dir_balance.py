@@ -11,7 +11,8 @@ Label skew from Dirichlet(beta) proportions, but every client ends with the same
 Step 4's move order is our own (the reference's exact order is not reproduced, so partitions are
 not bit-identical to it): for each over-full client, in client order, its classes are visited from
 the one it holds most of, and samples go to the most under-full client first. The partition RNG is
-seeded by ``partition_seed`` (the reference hard-codes 0, quirk Q4); ``null`` uses the run seed.
+seeded by ``partition_seed`` (the reference hard-codes 0, quirk Q4, which is the config default);
+``null`` uses the run seed.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def dir_balance(
     rng: np.random.Generator,
     *,
     beta: float = 0.1,
-    partition_seed: int | None = 0,
+    partition_seed: int | None = None,
 ) -> list[np.ndarray]:
     """Dirichlet(beta) label skew with equal client sizes (FairFAL's ``dir_balance``).
 
@@ -62,8 +63,8 @@ def dir_balance(
     beta
         Dirichlet concentration (0.1: extreme non-IID; 100: near IID).
     partition_seed
-        Seed of the partition RNG (reference: 0, independent of the run seed); ``None`` uses the
-        run-seeded ``rng``.
+        Seed of the partition RNG; ``None`` (the default here) uses the run-seeded ``rng``. The
+        config group ``partition=dir_balance`` sets 0, as the reference does (quirk Q4).
     """
     labels, k = _check_common(labels, num_clients)
     beta = _positive_float("partition.beta", beta)
