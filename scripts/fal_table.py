@@ -29,6 +29,7 @@ the full 20,428-sample FMNIST-LT, 64-channel cnn4conv, 5 seeds); the defaults be
 Usage::
 
     nice -n 15 python scripts/fal_table.py                      # everything (resumable)
+    nice -n 15 python scripts/fal_table.py --reverse            # a second worker alongside
     python scripts/fal_table.py --seeds 0 --strategies fairfal --betas 0.1   # calibrate
     python scripts/fal_table.py --report-only                   # table from finished runs
 """
@@ -85,6 +86,8 @@ def run_dir(args: argparse.Namespace, beta: float, strategy: str, seed: int) -> 
 
 
 def run_one(args: argparse.Namespace, beta: float, strategy: str, seed: int) -> dict[str, Any]:
+    import os
+
     from fedsim.config import compose
     from fedsim.runner import run
 
@@ -92,6 +95,11 @@ def run_one(args: argparse.Namespace, beta: float, strategy: str, seed: int) -> 
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    try:  # another invocation (e.g. one with --reverse) may be running this cell
+        os.close(os.open(out / ".lock", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return {}
     cfg = compose(overrides(args, beta, strategy, seed))
     cfg.output_dir = str(out)
     t = time.monotonic()
@@ -240,6 +248,11 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "docs" / "results"))
     p.add_argument("--notes", default="", help="text appended to fal.md (a file path or text)")
     p.add_argument("--report-only", action="store_true")
+    p.add_argument(
+        "--reverse",
+        action="store_true",
+        help="run each seed's cells in reverse order (a second invocation working alongside)",
+    )
     args = p.parse_args()
     if args.notes and Path(args.notes).is_file():
         args.notes = Path(args.notes).read_text()
@@ -257,9 +270,9 @@ def main() -> None:
                 print(f"ray.init failed ({e}); retrying", flush=True)
                 time.sleep(10)
         for seed in args.seeds:  # complete seeds first, so a cut-short table is still balanced
-            for beta in args.betas:
-                for s in args.strategies:
-                    run_one(args, beta, s, seed)
+            cells = [(beta, s) for beta in args.betas for s in args.strategies]
+            for beta, s in reversed(cells) if args.reverse else cells:
+                run_one(args, beta, s, seed)
     report(args, None if args.report_only else time.monotonic() - t0)
 
 
