@@ -133,6 +133,43 @@ def collect(args: argparse.Namespace) -> dict[tuple[float, str], list[dict[str, 
     return res
 
 
+def paired_lines(
+    args: argparse.Namespace, res: dict[tuple[float, str], list[dict[str, Any]]]
+) -> list[str]:
+    """FairFAL minus each baseline, paired by seed: final accuracy, AULC and tail share."""
+    if "fairfal" not in args.strategies:
+        return []
+    lines = [
+        "## FairFAL minus each baseline, paired by seed",
+        "",
+        "Differences in percentage points (mean over the seeds both finished); `wins` counts",
+        "the seeds where FairFAL is higher.",
+        "",
+    ]
+    for beta in args.betas:
+        ff = {r["seed"]: r for r in res[(beta, "fairfal")]}
+        lines += [
+            f"### beta = {beta:g}",
+            "",
+            "| baseline | seeds | final acc diff (wins) | AULC diff (wins) | tail share diff (wins) |",
+            "|---|---|---|---|---|",
+        ]
+        for s in args.strategies:
+            if s == "fairfal":
+                continue
+            pairs = [(ff[r["seed"]], r) for r in res[(beta, s)] if r["seed"] in ff]
+            if not pairs:
+                lines.append(f"| {s} | - | not run | not run | not run |")
+                continue
+            cells = []
+            for key in ("final_accuracy", "aulc", "query_tail_share"):
+                d = [a[key] - b[key] for a, b in pairs]
+                cells.append(f"{np.mean(d) * 100:+.2f} ({sum(x > 0 for x in d)}/{len(d)})")
+            lines.append(f"| {s} | {len(pairs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
 def report(args: argparse.Namespace, elapsed: float | None) -> None:
     import matplotlib
 
@@ -183,6 +220,7 @@ def report(args: argparse.Namespace, elapsed: float | None) -> None:
             seeds = ",".join(str(r["seed"]) for r in rows) or "-"
             lines.append(f"| {s} | {_ms(fin)} | {_ms(au)} | {_ms(tail)} | {seeds} |")
         lines.append("")
+    lines += paired_lines(args, res)
     if elapsed is not None:
         lines += [f"Wall time of this invocation: {elapsed / 60:.1f} min.", ""]
     (out / "fal.md").write_text("\n".join(lines) + args.notes)
@@ -202,7 +240,9 @@ def report(args: argparse.Namespace, elapsed: float | None) -> None:
         ax.set_xlabel("labeled ratio")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=8)
+    for ax in axes[0]:
+        if ax.get_lines():
+            ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "fal_accuracy.png", dpi=100)
     plt.close(fig)
