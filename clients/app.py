@@ -6,6 +6,7 @@ the whole fedsim config from Flower's run config and its partition id from the n
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig
 
+from clients import fal
 from clients.attacks.client import attack_step
 from clients.faults import InjectedFault, corrupt, fault_for
 from clients.learners import ClientData, Learner, build_learner
@@ -28,6 +30,8 @@ from fedsim.constants import (
     DATA_ROOT_KEY,
     EVAL_ACCURACY,
     EVAL_LOSS,
+    FAL_LR_SCALE,
+    FAL_QUERY_ACTION,
     METRICS_KEY,
     NUM_EXAMPLES_KEY,
     NUM_PARTITIONS_KEY,
@@ -196,6 +200,13 @@ def query(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+@app.query(FAL_QUERY_ACTION)
+def fal_query(msg: Message, context: Context) -> Message:
+    """One step of a federated active-learning query cycle (see ``clients/fal.py``)."""
+    rt = client_runtime(context)
+    return fal.handle(msg, context, rt, partition_id(context, rt))
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the received model on this client's partition with the configured learner."""
@@ -206,7 +217,7 @@ def train(msg: Message, context: Context) -> Message:
     fault = fault_for(rt.cfg.get("faults"), pid, server_round)
     if fault == "raise":
         raise InjectedFault(f"client {pid} fails in round {server_round} (faults.raise_clients)")
-    data = rt.data(pid)
+    data = fal.training_data(context, rt.data(pid))  # FAL: the labeled pool only
     attack = attack_step(rt.cfg, pid, server_round)  # None: this client trains honestly
     if attack is not None:
         data = attack.poison(data)
@@ -221,6 +232,9 @@ def train(msg: Message, context: Context) -> Message:
         torch.cuda.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     state = _load_state(context)
+    if FAL_LR_SCALE in config:  # FAL's per-stage lr decay
+        learner = copy.copy(learner)
+        learner.lr = learner.lr * float(config[FAL_LR_SCALE])  # type: ignore[arg-type]
     result = learner.train(
         model,
         data,
@@ -232,6 +246,7 @@ def train(msg: Message, context: Context) -> Message:
     _save_state(context, state)
     if attack is not None and rt.last_arrays is not None:
         attack.after_train(model, rt.last_arrays[1])
+    fal.after_train(context, config, model)
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     arrays = array_record(model.state_dict())
     if fault in ("nan", "bad_shape"):

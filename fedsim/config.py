@@ -178,6 +178,10 @@ def validate(cfg: DictConfig) -> None:
     from server.backdoor_eval import check_backdoor_config
 
     check_backdoor_config(cfg)
+    if cfg.get("query") is not None:  # federated active learning
+        from server.fal import validate_fal
+
+        validate_fal(cfg)
 
 
 def _check_faults(cfg: DictConfig) -> None:

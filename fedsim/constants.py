@@ -81,3 +81,50 @@ ROUNDS_DONE = "rounds"
 TOTAL_SECONDS = "wall_seconds"
 TOTAL_FAILURES = "failures"
 SEED = "seed"
+
+# --- federated active learning (server/fal.py, clients/fal.py) ----------------------------------
+FAL_QUERY_ACTION = "fal"  # message type "query.fal": the client side of an FAL query cycle
+FAL_PHASE = "fal-phase"  # ConfigRecord key: which step of the cycle the message asks for
+FAL_PHASE_SIZE = "size"  # reply: the client's pool size
+FAL_PHASE_INIT = "init"  # draw the initial labeled pool
+FAL_PHASE_STATS = "stats"  # FairFAL phase A: (divergence, imbalance proxy)
+FAL_PHASE_SELECT = "select"  # phase B: select, ask the oracle, grow the labeled pool
+FAL_LOCAL_ARRAYS = "fal-local"  # ArrayRecord key: the initial weights of the local-only model
+FAL_BUDGET = "fal-budget"  # samples to label in this message
+FAL_CYCLE = "fal-cycle"  # query cycle index (0-based)
+FAL_RBAR = "fal-rbar"  # FairFAL's server-side mean imbalance proxy
+FAL_LR_SCALE = "fal-lr-scale"  # train config: multiply the local lr (stage lr decay)
+FAL_SAVE_LAST_LOCAL = "fal-save-last-local"  # train config: keep this round's local model
+FAL_POOL_SIZE = "pool_size"  # reply metric: the client's pool size
+FAL_LABELED = "labeled"  # reply metric / record key: labeled samples
+FAL_QUERY_HIST = "query_hist"  # reply metric: true-label histogram of this cycle's picks
+FAL_LABELED_HIST = "labeled_hist"  # reply metric: true-label histogram of the labeled pool
+FAL_DIVERGENCE = "fairfal_divergence"  # d_k
+FAL_IMBALANCE = "fairfal_imbalance"  # g_k
+FAL_USE_GLOBAL_UNC = "fairfal_global_uncertainty"  # 1 if M_u = G
+FAL_USE_GLOBAL_GRAD = "fairfal_global_gradient"  # 1 if M_g = G
+FAL_PSEUDO_ACC = "fairfal_pseudo_label_accuracy"  # accuracy of the prototype labels on the picks
+FAL_QUOTAS = "fairfal_quotas"  # per-class quotas
+
+# metrics.jsonl keys of FAL runs (round records carry STAGE; one stage record per stage)
+STAGE = "stage"
+RECORD_KIND = "kind"  # "stage" for the per-stage records (round records have none)
+LABELED_RATIO = "labeled_ratio"
+PER_CLASS_ACCURACY = "per_class_accuracy"
+QUERY_TAIL_SHARE = "query_tail_share"  # share of the cycle's picks in the rarer half of the classes
+QUERY_ENTROPY = "query_class_entropy"  # normalised entropy of the cycle's pick histogram
+QUERY_MISSING = "query_classes_missing"  # classes never queried so far
+LABELED_TAIL_SHARE = "labeled_tail_share"
+RBAR = "fairfal_rbar"
+AULC = "aulc"  # area under accuracy(labeled ratio), trapezoid, divided by the span
+MEAN_STAGE_ACCURACY = "mean_stage_accuracy"
+STAGE_ACCURACIES = "stage_accuracies"
+LABELED_RATIOS = "labeled_ratios"
+TB_FAL_TAGS = {
+    EVAL_ACCURACY: "fal/test_acc",
+    QUERY_TAIL_SHARE: "fal/query_tail_share",
+    QUERY_ENTROPY: "fal/query_class_entropy",
+    LABELED_TAIL_SHARE: "fal/labeled_tail_share",
+    RBAR: "fal/rbar",
+}
+FAL_DIR = "fal"  # run-dir subfolder: labeled index sets per stage

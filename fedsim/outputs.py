@@ -225,6 +225,15 @@ class RunWriter:
                     self._tb.add_scalar(tag, float(value), global_step=step)
             self._tb.flush()
 
+    def log_scalars(self, scalars: Mapping[str, Any], step: int) -> None:
+        """Write extra TensorBoard scalars ``{tag: value}`` at ``step`` (non-finite ones skipped)."""
+        if self._tb is None:
+            return
+        for tag, value in scalars.items():
+            if value is not None and _finite_number(value):
+                self._tb.add_scalar(tag, float(value), global_step=int(step))
+        self._tb.flush()
+
     def close(self) -> None:
         """Close the metrics file and the TensorBoard writer (idempotent)."""
         if self._fh is not None:

@@ -26,7 +26,10 @@ app = ServerApp()
 def workflow_for(cfg: DictConfig) -> type[FLWorkflow]:
     """The workflow class that runs ``cfg`` (backdoor metrics and defenses when configured)."""
     from server.backdoor import workflow_class
+    from server.fal import FALWorkflow
 
+    if cfg.get("query") is not None:  # federated active learning
+        return FALWorkflow
     return workflow_class(cfg)
 
 

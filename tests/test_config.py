@@ -10,6 +10,7 @@ import yaml
 
 from clients.attacks import ATTACKS
 from clients.learners import LOCAL
+from clients.query import QUERY
 from fedsim.config import (
     CONF_DIR,
     clients_per_round,
@@ -38,6 +39,7 @@ GROUPS = {
     "weak_labels": WEAK_LABELS,
     "attack": ATTACKS,
     "defense": DEFENSES,
+    "query": QUERY,
 }
 
 
@@ -178,3 +180,11 @@ def test_cli_overrides_are_checked_before_hydra_runs() -> None:
     with pytest.raises(ConfigError, match=r"invalid rounds=0"):
         check_overrides(["-m", "rounds=0,5"])  # its first value
     check_overrides(["-m", "seed=0,1,2", "--cfg", "job", "hydra.job.chdir=false", "model=cnn"])
+
+
+def test_fal_group_and_query_default() -> None:
+    for path in (CONF_DIR / "fal").glob("*.yaml"):
+        assert yaml.safe_load(path.read_text())["name"] == path.stem
+    cfg = compose()
+    assert cfg.get("query") is None and cfg.fal.name == "standard"  # plain runs are not FAL
+    assert compose(["query=fairfal"]).query.name == "fairfal"

@@ -1,5 +1,6 @@
 """Datasets, partitioners, long-tail subsampling and partition reports."""
 
+from fedsim.data import dir_balance as _dir_balance  # noqa: F401,E402 (registers it)
 from fedsim.data.datasets import (
     DATASETS,
     DatasetArrays,

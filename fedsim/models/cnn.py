@@ -81,23 +81,27 @@ class CNN4Conv(ClassifierModel):
         Number of input channels.
     image_size
         Height and width of the inputs (>= 16).
+    width
+        Channels of every convolution (reference: 64; smaller values make CPU runs cheaper).
     """
 
-    def __init__(self, num_classes: int, in_channels: int, image_size: int) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int, image_size: int, width: int = 64
+    ) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
         channels = in_channels
         for _ in range(4):
             blocks += [
-                nn.Conv2d(channels, 64, kernel_size=3, padding=1),
-                nn.BatchNorm2d(64),
+                nn.Conv2d(channels, width, kernel_size=3, padding=1),
+                nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             ]
-            channels = 64
+            channels = width
         blocks.append(nn.Flatten())
         self.body = nn.Sequential(*blocks)
-        self.embedding_dim = 64 * _pooled(image_size, 4) ** 2
+        self.embedding_dim = width * _pooled(image_size, 4) ** 2
         self.classifier = nn.Linear(self.embedding_dim, num_classes)
         nn.init.zeros_(self.classifier.bias)
 
@@ -128,8 +132,11 @@ def cnn(
 
 
 @MODELS.register("cnn4conv")
-def cnn4conv(*, num_classes: int, in_channels: int, image_size: int) -> CNN4Conv:
-    """Build a :class:`CNN4Conv`; needs ``image_size >= 16`` (four 2x poolings)."""
+def cnn4conv(*, num_classes: int, in_channels: int, image_size: int, width: int = 64) -> CNN4Conv:
+    """Build a :class:`CNN4Conv`; needs ``image_size >= 16`` (four 2x poolings); ``width`` is the
+    channel count of every convolution (default 64, the reference)."""
     if image_size < 16:
         raise ConfigError(f"model 'cnn4conv' needs image_size >= 16, got {image_size}")
-    return CNN4Conv(num_classes, in_channels, image_size)
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise invalid("model.width", width, "an integer >= 1")
+    return CNN4Conv(num_classes, in_channels, image_size, width)
