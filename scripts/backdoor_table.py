@@ -106,6 +106,11 @@ def run_one(args: argparse.Namespace, rule: str, mcr: float) -> dict:
     return result
 
 
+def fmt_k(k: float | None) -> str:
+    """A threshold for the Markdown (``None``: no flips kept)."""
+    return "none" if k is None else f"{k:.4g}"
+
+
 def table(results: list[dict], mcrs: list[float], args: argparse.Namespace) -> str:
     rows: dict[str, dict[float, tuple[float, float]]] = {}
     for r in results:
@@ -255,7 +260,8 @@ def write(results: list[dict], args: argparse.Namespace, out: Path, seconds: flo
         "MA = clean accuracy and ASR = triggered class-0 test images predicted as 5, both on the test "
         "split minus the held-out aux (80/class) and root (10/class) sets, after the last round. "
         "FLAIN and dormant pruning are applied to the FedAvg run's final model. "
-        f"Total wall time {seconds / 60:.1f} min.",
+        f"Sum of the runs' wall times (each including its post-hoc defenses) "
+        f"{sum(r['seconds'] for r in results) / 60:.1f} min.",
         "",
         table(results, mcrs, args),
         "",
@@ -268,9 +274,9 @@ def write(results: list[dict], args: argparse.Namespace, out: Path, seconds: flo
         for r in flain:
             f, rb = r["flain"], r["flain (rollback)"]
             text.append(
-                f"- MCR {r['mcr']}: k* = {f['k_star']}, flipped inputs {f['flip_count']} "
+                f"- MCR {r['mcr']}: k* = {fmt_k(f['k_star'])}, flipped inputs {f['flip_count']} "
                 f"(exactly-zero on aux: {f['dormant_inputs']}), aux acc {100 * f['aux_acc_before']:.1f} -> "
-                f"{100 * f['aux_acc_after']:.1f}; rollback k* = {rb['k_star']}, flipped {rb['flip_count']}; "
+                f"{100 * f['aux_acc_after']:.1f}; rollback k* = {fmt_k(rb['k_star'])}, flipped {rb['flip_count']}; "
                 f"dormant pruning zeroed {r['dormant pruning']['pruned']} inputs."
             )
         text.append("")
@@ -285,13 +291,13 @@ def write(results: list[dict], args: argparse.Namespace, out: Path, seconds: flo
         ]
         for r in sweeps:
             text.append(
-                f"| {r['mcr']} | 0 | {r['flain']['k_star']} | {r['flain']['flip_count']} | "
+                f"| {r['mcr']} | 0 | {fmt_k(r['flain']['k_star'])} | {r['flain']['flip_count']} | "
                 f"{100 * r['flain']['aux_acc_before']:.1f} -> {100 * r['flain']['aux_acc_after']:.1f} | "
                 f"{100 * r['flain']['ma']:.1f} | {100 * r['flain']['asr']:.1f} |"
             )
             for t in r["tolerance_sweep"]:
                 text.append(
-                    f"| {r['mcr']} | {t['tolerance']} | {t['k_star']} | {t['flip_count']} | "
+                    f"| {r['mcr']} | {t['tolerance']} | {fmt_k(t['k_star'])} | {t['flip_count']} | "
                     f"{100 * t['aux_acc_before']:.1f} -> {100 * t['aux_acc_after']:.1f} | "
                     f"{100 * t['ma_after']:.1f} | {100 * t['asr_after']:.1f} |"
                 )
