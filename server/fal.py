@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
@@ -30,7 +30,7 @@ from fedsim.errors import ConfigError
 from fedsim.federation import build_federation
 from fedsim.models import ClassifierModel, build_model
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_json_atomic, write_summary
-from fedsim.records import array_record, to_numpy, torch_state
+from fedsim.records import array_record, torch_state
 from fedsim.seeding import derive_seed, sample_partitions
 from server.fal_math import (
     RESETS,
@@ -94,31 +94,6 @@ class FALWorkflow(FLWorkflow):
         )
         self._per_class = pca
         return {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc}
-
-    def train_round(
-        self,
-        grid: Grid,
-        strategy: Any,
-        server_round: int,
-        arrays: ArrayRecord,
-        sampled: list[int],
-    ) -> tuple[ArrayRecord, dict[str, Any], int]:
-        """A round of :class:`FLWorkflow`, with integer buffers cast back to their dtype.
-
-        The stock strategies average BatchNorm's integer ``num_batches_tracked`` with float weights
-        and return float64, which the next round's reply check refuses. As the reference does
-        (quirk Q6, ``weighted_cast``), the weighted mean is cast back to the integer dtype.
-        """
-        new, metrics, failures = super().train_round(grid, strategy, server_round, arrays, sampled)
-        fixed = {}
-        for name, arr in new.items():
-            ref = arrays[name]
-            if arr.dtype != ref.dtype:
-                fixed[name] = to_numpy(arr).astype(np.dtype(ref.dtype))
-        if fixed:
-            state = {n: (fixed[n] if n in fixed else to_numpy(a)) for n, a in new.items()}
-            new = array_record(state)
-        return new, metrics, failures
 
     def _model(self, seed: int) -> ClassifierModel:
         data = self.federation.data

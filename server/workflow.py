@@ -28,7 +28,7 @@ from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, build_model
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_summary
-from fedsim.records import DecodedArray, array_record, torch_state
+from fedsim.records import DecodedArray, array_record, to_numpy, torch_state
 from fedsim.seeding import sample_partitions
 from server.messaging import exchange, send_and_receive
 from server.validation import check_train_reply
@@ -36,6 +36,23 @@ from strategies import STATE_ATTRS, build_strategy
 from strategies.grid_view import SampledGrid
 
 log = logging.getLogger("fedsim")
+
+
+def keep_dtypes(new: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``new`` with every array cast back to the dtype of the same array in ``reference``.
+
+    The stock strategies average BatchNorm's integer ``num_batches_tracked`` with float weights
+    and return a float, which the next round's reply check would refuse; the weighted mean is
+    cast back to the integer dtype (as the reference code of FAL does).
+    """
+    fixed = {
+        name: to_numpy(arr).astype(np.dtype(reference[name].dtype))
+        for name, arr in new.items()
+        if name in reference and arr.dtype != reference[name].dtype
+    }
+    if not fixed:
+        return new
+    return array_record({n: fixed[n] if n in fixed else to_numpy(a) for n, a in new.items()})
 
 
 class TooFewReplies(RuntimeError):
@@ -188,7 +205,7 @@ class FLWorkflow:
         new_arrays, metrics = strategy.aggregate_train(server_round, good)
         if new_arrays is None:
             raise RuntimeError(f"round {server_round}: strategy returned no model")
-        return new_arrays, dict(metrics or {}), failures
+        return keep_dtypes(new_arrays, arrays), dict(metrics or {}), failures
 
     def train_with_retries(
         self, grid: Grid, strategy: Strategy, server_round: int, arrays: ArrayRecord

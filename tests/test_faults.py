@@ -148,3 +148,23 @@ def test_too_few_replies_stops_clearly_and_resume_continues(tmp_path: Path) -> N
 
     summary = run(resume_config(out, OmegaConf.create({"faults": {"raise_clients": []}})))
     assert summary[C.ROUNDS_DONE] == 3 and not (out / C.STOPPED_FILE).exists()
+
+
+def test_aggregated_integer_buffers_keep_their_dtype() -> None:
+    """FedAvg returns BatchNorm's num_batches_tracked as a float mean; the workflow casts it back,
+    or the next round's reply check would refuse every client."""
+    from flwr.app import Array, ArrayRecord
+
+    from server.workflow import keep_dtypes
+
+    ref = ArrayRecord(
+        {"w": Array(np.ones(3, np.float32)), "bn.num_batches_tracked": Array(np.array(4))}
+    )
+    new = ArrayRecord(
+        {"w": Array(np.full(3, 2.0, np.float32)), "bn.num_batches_tracked": Array(np.array(5.5))}
+    )
+    fixed = keep_dtypes(new, ref)
+    assert fixed["bn.num_batches_tracked"].numpy().dtype == np.int64
+    assert fixed["bn.num_batches_tracked"].numpy() == 5
+    assert np.array_equal(fixed["w"].numpy(), np.full(3, 2.0, np.float32))
+    assert keep_dtypes(ref, ref) is ref
