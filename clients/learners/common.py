@@ -47,8 +47,9 @@ def load_module(state: dict[str, Any], prefix: str, module: nn.Module) -> bool:
 def reset_parameters(module: nn.Module) -> None:
     """Re-initialise every submodule that can (uses the seeded global torch generator)."""
     for m in module.modules():
-        if m is not module and hasattr(m, "reset_parameters"):
-            m.reset_parameters()
+        reset = getattr(m, "reset_parameters", None)
+        if m is not module and callable(reset):
+            reset()
 
 
 def table(state: dict[str, Any], key: str, init: torch.Tensor) -> torch.Tensor:

@@ -183,8 +183,8 @@ def noisy(
                 "(e.g. {9: 1, 2: 0, 4: 7, 3: 5, 5: 3})"
             )
         target = parse_class_map(class_map, num_classes)
-        flip = rng.random(n) < rate
-        y[flip] = target[true[flip]]
+        flips = rng.random(n) < rate
+        y[flips] = target[true[flips]]
     else:  # instance
         if x is None:
             raise ConfigError("weak_labels.noise_type=instance needs the client's images")
@@ -197,10 +197,10 @@ def noisy(
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         q = np.clip(rng.normal(rate, instance_std, size=n), 0.0, 1.0)
-        flip = rng.random(n) < q
-        cum = p[flip].cumsum(1)
-        u = rng.random((int(flip.sum()), 1))
-        y[flip] = np.minimum((cum < u).sum(1), num_classes - 1)
+        flips = rng.random(n) < q
+        cum = p[flips].cumsum(1)
+        u = rng.random((int(flips.sum()), 1))
+        y[flips] = np.minimum((cum < u).sum(1), num_classes - 1)
     return _finish("noisy", true, y, None)
 
 
