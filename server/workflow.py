@@ -226,9 +226,7 @@ class FLWorkflow:
         retries = int(cfg.get("round_retries") or 0) if cfg.get("too_few_replies") == "retry" else 0
         failures, failed = 0, []
         for attempt in range(retries + 1):
-            sampled = sample_partitions(
-                int(cfg.seed), server_round, int(cfg.num_clients), k, attempt
-            )
+            sampled = self.sample(server_round, k, attempt)
             try:
                 new_arrays, metrics, n_failed = self.train_round(
                     grid, strategy, server_round, arrays, sampled
