@@ -22,4 +22,7 @@ def main(grid: Grid, context: Context) -> None:
     """Run the configured workflow."""
     cfg = from_run_config(context.run_config)
     run_dir = Path(cfg.output_dir) if cfg.get("output_dir") else Path("outputs") / "flwr-run"
-    FLWorkflow(cfg, run_dir).run(grid)
+    from server.ssfl import SSFLWorkflow, uses_ssfl
+
+    workflow = SSFLWorkflow if uses_ssfl(cfg) else FLWorkflow
+    workflow(cfg, run_dir).run(grid)

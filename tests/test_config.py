@@ -24,6 +24,7 @@ from fedsim.errors import ConfigError
 from fedsim.models import MODELS
 from fedsim.registry import Registry
 from fedsim.runner import prepare
+from fedsim.ssfl import SSFL
 from strategies import STRATEGIES
 
 GROUPS = {
@@ -34,6 +35,7 @@ GROUPS = {
     "local": LOCAL,
     "engine": ENGINES,
     "weak_labels": WEAK_LABELS,
+    "ssfl": SSFL,
 }
 
 
