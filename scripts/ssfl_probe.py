@@ -8,6 +8,9 @@ translation invariant, may not like)?
 - ``fixmatch_no_weak_aug``: FixMatch with ``flip=false pad=0``: the weak view is the image itself
   (the spec's ``fixmatch.weak_view: identity``, FedMatch's choice); the strong view is RandAugment.
 - ``fedlabel_no_weak_aug``: the same for FedLabel.
+- ``semifl_no_mix``: SemiFL without the mix loss (``mix=false``): is the mix loss, whose partner
+  labels are the argmax of the received model even where it is not confident, what collapses
+  SemiFL to one class when no server set gives it a good first model?
 
 Usage: ``python scripts/ssfl_probe.py`` (writes under outputs/ssfl_probe and prints a table).
 """
@@ -30,6 +33,7 @@ PROBES = {
     "fixmatch_no_unlabeled": ("fixmatch", ["local.threshold=1.01"]),
     "fixmatch_no_weak_aug": ("fixmatch", ["local.flip=false", "local.pad=0"]),
     "fedlabel_no_weak_aug": ("fedlabel", ["local.flip=false", "local.pad=0"]),
+    "semifl_no_mix": ("semifl", ["local.mix=false"]),
 }
 
 
@@ -44,12 +48,14 @@ def main() -> None:
     parser.add_argument("--ra-group", type=int, default=16)
     parser.add_argument("--semifl-epochs", type=int, default=1)
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data"))
+    parser.add_argument("--probes", nargs="+", default=list(PROBES), choices=list(PROBES))
     parser.add_argument("--runs-dir", default=str(REPO / "outputs" / "ssfl_probe"))
     args = parser.parse_args()
     from fedsim.runner import run
 
     share_actor_pool(compose(["engine.num_cpus=2"]))
-    for name, (method, extra) in PROBES.items():
+    for name in args.probes:
+        method, extra = PROBES[name]
         run_dir = (
             Path(args.runs_dir) / f"alpha{args.alpha}" / args.setting / name / f"seed{args.seed}"
         )
