@@ -124,6 +124,9 @@ def validate(cfg: DictConfig) -> None:
     _int_at_least(cfg, "num_clients", 1)
     clients_per_round(cfg)
     from fedsim.data.weak_clients import check_weak_labels
+    from fedsim.ssfl import check_ssfl
+
+    check_ssfl(cfg)  # semi-supervised setting (it supplies the weak labels)
 
     check_weak_labels(cfg)  # weak labels per client group; CE refuses partial labels
     _int_at_least(cfg, "rounds", 1)

@@ -24,6 +24,15 @@ TRAIN_ACCURACY = "train_accuracy"
 EVAL_LOSS = "eval_loss"
 EVAL_ACCURACY = "eval_accuracy"
 
+# --- semi-supervised FL (clients' train metrics; pooled by the SSFL workflow) -----------------
+PSEUDO_LABEL_ACCURACY = "pseudo_label_accuracy"  # used pseudo-labels equal to the hidden truth
+PSEUDO_LABEL_COUNT = "pseudo_label_count"  # pseudo-labels used (passing the threshold)
+PSEUDO_LABEL_CORRECT = "pseudo_label_correct"  # of those, equal to the hidden true label
+PSEUDO_LABEL_SEEN = "pseudo_label_seen"  # unlabeled sample views pseudo-labelled
+PSEUDO_LABEL_RATE = "pseudo_label_rate"  # count / seen (metrics.jsonl)
+SERVER_TRAIN_LOSS = "server_train_loss"  # the SSFL server step on its labeled set
+SERVER_TRAIN_ACCURACY = "server_train_accuracy"
+
 # --- metrics.jsonl keys (one line per round) --------------------------------------------------
 ROUND = "round"
 CLIENTS_SAMPLED = "clients_sampled"  # list of sampled partition ids
@@ -54,6 +63,9 @@ TB_TAGS = {
     BACKDOOR_MA: "backdoor/ma",
     BACKDOOR_ASR: "backdoor/asr",
     BACKDOOR_RA: "backdoor/ra",
+    PSEUDO_LABEL_ACCURACY: "ssfl/pseudo_label_accuracy",
+    PSEUDO_LABEL_RATE: "ssfl/pseudo_label_rate",
+    SERVER_TRAIN_LOSS: "ssfl/server_train_loss",
 }
 
 # --- files in a run directory -----------------------------------------------------------------

@@ -8,7 +8,7 @@ index into them; nothing is reloaded per client or per round.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -20,6 +20,7 @@ from clients.learners import ClientData
 from fedsim.data import DatasetArrays, load_dataset, longtail_indices, partition_dataset
 from fedsim.data.weak_clients import client_specs, generate, weak_config
 from fedsim.data.weak_labels import WeakLabels
+from fedsim.ssfl import split_server_set, ssfl_config
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,9 @@ class Federation:
         Each client's weak labels (``weak_labels`` config group; ``clean`` by default).
     weak_groups
         Each client's ``weak_labels.groups`` index (``-1``: the group's default).
+    server_indices
+        The server's labeled set (``ssfl=labels_at_server``; indices into ``data.train_x``, not
+        in any partition), else empty.
     """
 
     data: DatasetArrays
@@ -45,6 +49,7 @@ class Federation:
     partitions: tuple[np.ndarray, ...]
     weak: tuple[WeakLabels, ...] = ()
     weak_groups: tuple[int, ...] = ()
+    server_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def client_data(self, partition_id: int) -> ClientData:
         """The data held by client ``partition_id``, with its weak labels."""
@@ -64,6 +69,7 @@ class Federation:
             num_classes=self.data.num_classes,
             label_kind=kind,
             candidates=candidates,
+            true_y=self.data.train_y[idx],
         )
 
 
@@ -79,6 +85,7 @@ def _key(cfg: DictConfig) -> str:
             "longtail_rho": float(cfg.longtail_rho),
             "max_train_samples": cfg.get("max_train_samples"),
             "weak_labels": weak_config(cfg),
+            "ssfl": ssfl_config(cfg),
         },
         sort_keys=True,
     )
@@ -104,6 +111,7 @@ def _build(key: str) -> Federation:
     if rho != 1.0:
         kept = longtail_indices(labels[keep], rho, np.random.default_rng([seed, 1]))
         keep = keep[kept]
+    keep, server = split_server_set(spec["ssfl"], labels, keep, seed)  # labels_at_server
     params = {k: v for k, v in spec["partition"].items() if k != "name"}
     local = partition_dataset(
         spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params
@@ -127,4 +135,5 @@ def _build(key: str) -> Federation:
         partitions=partitions,
         weak=tuple(weak),
         weak_groups=tuple(g for g, _ in specs),
+        server_indices=server,
     )

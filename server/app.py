@@ -27,9 +27,12 @@ def workflow_for(cfg: DictConfig) -> type[FLWorkflow]:
     """The workflow class that runs ``cfg`` (backdoor metrics and defenses when configured)."""
     from server.backdoor import workflow_class
     from server.fal import FALWorkflow
+    from server.ssfl import SSFLWorkflow, uses_ssfl
 
     if cfg.get("query") is not None:  # federated active learning
         return FALWorkflow
+    if uses_ssfl(cfg):  # semi-supervised FL (server step, pseudo-label metrics)
+        return SSFLWorkflow
     return workflow_class(cfg)
 
 

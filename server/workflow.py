@@ -3,7 +3,8 @@ evaluation, metrics, and checkpoints.
 
 :class:`FLWorkflow` runs the loop; later workflows (FAL cycles, SSFL, post-training defenses)
 subclass it and override narrow hooks (:meth:`FLWorkflow.train_config`,
-:meth:`FLWorkflow.evaluate`, :meth:`FLWorkflow.on_round_end`, :meth:`FLWorkflow.on_run_end`).
+:meth:`FLWorkflow.evaluate`, :meth:`FLWorkflow.round_record`, :meth:`FLWorkflow.on_round_end`,
+:meth:`FLWorkflow.on_run_end`).
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class FLWorkflow:
             batch_size=int(self.cfg.eval_batch_size),
         )
         return {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc}
+
+    def round_record(self, server_round: int, train_metrics: dict[str, Any]) -> dict[str, Any]:
+        """Extra entries for this round's record (metrics.jsonl), from the aggregated train
+        metrics."""
+        return {}
 
     def on_round_end(self, server_round: int, record: dict[str, Any]) -> None:
         """Called after each round's record is written."""
@@ -328,6 +334,7 @@ class FLWorkflow:
                     C.TRAIN_ACCURACY: train_metrics.get(C.TRAIN_ACCURACY),
                     **info,
                 }
+                record.update(self.round_record(rnd, train_metrics))
                 if rnd % int(cfg.eval_every) == 0 or rnd == rounds:
                     model.load_state_dict(torch_state(arrays))
                     record.update(self.evaluate(rnd, model))

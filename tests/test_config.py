@@ -26,6 +26,7 @@ from fedsim.errors import ConfigError
 from fedsim.models import MODELS
 from fedsim.registry import Registry
 from fedsim.runner import prepare
+from fedsim.ssfl import SSFL
 from server.defenses import DEFENSES
 from strategies import STRATEGIES
 
@@ -40,6 +41,7 @@ GROUPS = {
     "attack": ATTACKS,
     "defense": DEFENSES,
     "query": QUERY,
+    "ssfl": SSFL,
 }
 
 

@@ -8,12 +8,14 @@ from clients.learners import (  # noqa: F401  (register the weak-supervision lea
     cc,
     coteaching,
     dpc,
+    fedlabel,
     fixmatch,
     flexmatch,
     gce,
     proden,
     rc,
     sce,
+    semifl,
     upllrs,
 )
 from clients.learners import supervised as _supervised  # noqa: F401  (registers "supervised")

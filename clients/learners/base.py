@@ -82,6 +82,9 @@ class ClientData:
     num_classes: int
     label_kind: str = "clean"
     candidates: torch.Tensor | None = None
+    #: The hidden true labels (a simulator knows them): only for metrics such as the accuracy of
+    #: pseudo-labels, never for training. ``None`` when unknown.
+    true_y: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -118,6 +121,7 @@ class ClientData:
             num_classes=self.num_classes,
             label_kind=self.label_kind,
             candidates=cand,
+            true_y=self.true_y[idx] if self.true_y is not None else None,
         )
 
 

@@ -6,6 +6,11 @@ the weak view followed by torchvision's RandAugment (``num_ops``, ``magnitude``)
 (``ra_group`` images share one draw when > 1, a cost knob). One local epoch passes once over the
 unlabeled samples in batches of ``mu * batch_size``, each step with a labeled batch of
 ``batch_size`` (the labeled samples are cycled). No EMA model (the global model is the teacher).
+
+A client with no labels at all (semi-supervised FL: labels at the server, or an unlabeled client
+of the partial-client setting) trains on the unlabeled term alone, one pass over its unlabeled
+samples in batches of ``mu * batch_size``. The pseudo-labels used and their accuracy against the
+hidden true labels are reported in the train metrics (:mod:`clients.learners.pseudo_labels`).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from torch import nn
 from clients.learners.base import LOCAL, ClientData, Learner, TrainResult
 from clients.learners.common import strong_augment, weak_augment
 from clients.learners.losses import pseudo_label_loss
+from clients.learners.pseudo_labels import PseudoLabelStats
 from fedsim.data import to_float
 
 
@@ -80,7 +86,7 @@ class FixMatch(Learner):
         lab = data.labeled_indices()
         n_u = int(data.unlabeled_indices().numel())
         if lab.numel() == 0:
-            return lab
+            return data.unlabeled_indices()  # no labels: the unlabeled term alone
         reps = max(1, math.ceil(n_u / (self.mu * lab.numel())))
         return lab.repeat(reps)
 
@@ -98,6 +104,8 @@ class FixMatch(Learner):
         self._data = data
         self._unl = data.unlabeled_indices()
         self._queue = torch.empty(0, dtype=torch.long)
+        self._unlabeled_only = data.labeled_indices().numel() == 0 and self._unl.numel() > 0
+        self.pseudo_stats = PseudoLabelStats()
 
     def _next_unlabeled(self, k: int) -> torch.Tensor:
         while self._queue.numel() < k:
@@ -131,6 +139,15 @@ class FixMatch(Learner):
             logits = model(x)
             return F.cross_entropy(logits, y), logits
         d = self._data
+        if self._unlabeled_only:  # the base loop's batch is the weak view of unlabeled samples
+            us = to_float(self._strong(d.x[idx]).to(x.device), d.mean, d.std)
+            out = model(torch.cat([x, us]))
+            lw, ls = out[: x.shape[0]], out[x.shape[0] :]
+            probs = F.softmax(lw.detach(), dim=1)
+            unsup, mask = pseudo_label_loss(ls, probs, self.thresholds())
+            self._count(idx, probs, mask)
+            self.observe(idx, probs)
+            return self.lambda_u * unsup, lw
         uidx = self._next_unlabeled(self.mu * int(idx.numel()))
         u = d.x[uidx]
         uw = to_float(weak_augment(u, flip=self.flip, pad=self.pad).to(x.device), d.mean, d.std)
@@ -139,9 +156,14 @@ class FixMatch(Learner):
         b, m = x.shape[0], uw.shape[0]
         logits, lw, ls = out[:b], out[b : b + m], out[b + m :]
         probs = F.softmax(lw.detach(), dim=1)
-        unsup, _ = pseudo_label_loss(ls, probs, self.thresholds())
+        unsup, mask = pseudo_label_loss(ls, probs, self.thresholds())
+        self._count(uidx, probs, mask)
         self.observe(uidx, probs)
         return F.cross_entropy(logits, y) + self.lambda_u * unsup, logits
+
+    def _count(self, uidx: torch.Tensor, probs: torch.Tensor, mask: torch.Tensor) -> None:
+        true = self._data.true_y
+        self.pseudo_stats.add(probs.argmax(1), mask > 0, true[uidx] if true is not None else None)
 
     def train(
         self,
@@ -153,11 +175,25 @@ class FixMatch(Learner):
         proximal_mu: float = 0.0,
         state: dict[str, Any] | None = None,
     ) -> TrainResult:
-        """The base loop; the example count is the client's whole set (labeled + unlabeled)."""
-        result = super().train(
-            model, data, device=device, generator=generator, proximal_mu=proximal_mu, state=state
-        )
+        """The base loop; the example count is the client's whole set (labeled + unlabeled).
+
+        Without labels the loop's batches are ``mu * batch_size`` unlabeled samples."""
+        batch_size = self.batch_size
+        if data.labeled_indices().numel() == 0:
+            self.batch_size = self.mu * batch_size
+        try:
+            result = super().train(
+                model,
+                data,
+                device=device,
+                generator=generator,
+                proximal_mu=proximal_mu,
+                state=state,
+            )
+        finally:
+            self.batch_size = batch_size
         if result.num_examples:
             result.num_examples = len(data)
+            result.metrics.update(self.pseudo_stats.metrics())
         self._data = None  # type: ignore[assignment]
         return result

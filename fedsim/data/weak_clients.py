@@ -64,7 +64,14 @@ def _plain(node: Any) -> Any:
 
 
 def weak_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``weak_labels`` node as a plain dict (``{"name": "clean"}`` when the group is absent)."""
+    """The ``weak_labels`` node as a plain dict (``{"name": "clean"}`` when the group is absent);
+    an ``ssfl`` setting other than ``none`` supplies it instead (:mod:`fedsim.ssfl`)."""
+    if "ssfl" in cfg:
+        from fedsim.ssfl import weak_labels_node
+
+        derived = weak_labels_node(cfg)
+        if derived is not None:
+            return derived
     node = _plain(cfg.get("weak_labels")) if "weak_labels" in cfg else None
     return dict(node) if isinstance(node, Mapping) else {"name": "clean"}
 
