@@ -199,11 +199,25 @@ def _numbers(runs: Sequence[RunInfo], key: str) -> list[float]:
     return values
 
 
-def _mean_std(values: list[float], digits: int) -> str:
-    if not values:
-        return "-"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {std:.{digits}f}"
+def mean_std(values: list[float], *, digits: int = 2, scale: float = 1.0, empty: str = "-") -> str:
+    """``mean ± std`` of the finite ``values`` times ``scale`` (sample std; 0 for one value).
+
+    Parameters
+    ----------
+    values
+        The numbers (None and non-finite ones are left out).
+    digits
+        Decimals shown.
+    scale
+        A factor applied to both, e.g. 100 for percent.
+    empty
+        What to show when no finite value is left.
+    """
+    vals = [float(v) for v in values if v is not None and math.isfinite(v)]
+    if not vals:
+        return empty
+    std = statistics.stdev(vals) if len(vals) > 1 else 0.0
+    return f"{scale * statistics.fmean(vals):.{digits}f} ± {scale * std:.{digits}f}"
 
 
 def _mean(values: list[float], digits: int) -> str:
@@ -229,7 +243,7 @@ def _rows(run_dirs: Sequence[Path]) -> list[tuple[str, ...]]:
             (
                 label,
                 str(len(members)),
-                _mean_std(_numbers(members, FINAL_ACCURACY), 4),
+                mean_std(_numbers(members, FINAL_ACCURACY), digits=4),
                 _mean(_numbers(members, BEST_ACCURACY), 4),
                 _rounds(_numbers(members, ROUNDS_DONE)),
                 _mean(_numbers(members, TOTAL_SECONDS), 1),

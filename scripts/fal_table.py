@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from fedsim.report import mean_std
+
 STRATEGIES = [
     "random",
     "entropy",
@@ -111,13 +113,6 @@ def run_one(args: argparse.Namespace, beta: float, strategy: str, seed: int) -> 
         flush=True,
     )
     return summary
-
-
-def _ms(values: list[float]) -> str:
-    if not values:
-        return "not run"
-    a = np.asarray(values, dtype=float)
-    return f"{a.mean() * 100:.2f} ± {a.std(ddof=1) * 100 if len(a) > 1 else 0.0:.2f}"
 
 
 def collect(args: argparse.Namespace) -> dict[tuple[float, str], list[dict[str, Any]]]:
@@ -218,7 +213,7 @@ def report(args: argparse.Namespace, elapsed: float | None) -> None:
             au = [r["aulc"] for r in rows]
             tail = [r["query_tail_share"] for r in rows if r.get("query_tail_share") is not None]
             seeds = ",".join(str(r["seed"]) for r in rows) or "-"
-            lines.append(f"| {s} | {_ms(fin)} | {_ms(au)} | {_ms(tail)} | {seeds} |")
+            lines.append(f"| {s} | {pct(fin)} | {pct(au)} | {pct(tail)} | {seeds} |")
         lines.append("")
     lines += paired_lines(args, res)
     if elapsed is not None:
@@ -267,6 +262,11 @@ def report(args: argparse.Namespace, elapsed: float | None) -> None:
     fig.savefig(out / "fal_tail_share.png", dpi=100)
     plt.close(fig)
     print(f"wrote {out / 'fal.md'}")
+
+
+def pct(values: list[float]) -> str:
+    """``mean ± std`` in percent over seeds (:func:`fedsim.report.mean_std`)."""
+    return mean_std(values, scale=100, empty="not run")
 
 
 def main() -> None:

@@ -48,7 +48,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -59,6 +58,7 @@ sys.path.insert(0, str(REPO))
 
 from fedsim.config import compose  # noqa: E402
 from fedsim.outputs import read_metrics  # noqa: E402
+from fedsim.report import mean_std  # noqa: E402
 
 SETTINGS = {
     "labels_at_client": (
@@ -186,14 +186,9 @@ def share_actor_pool(cfg: object) -> None:
     fast.run_fast.prestart = lambda _cfg: _Shared()  # type: ignore[attr-defined]
 
 
-def fmt(values: list[float]) -> str:
-    """``mean ± std`` in percent (std over seeds; 0 for one seed)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+def pct(values: list[float]) -> str:
+    """``mean ± std`` in percent over seeds (:func:`fedsim.report.mean_std`)."""
+    return mean_std(values, scale=100, empty="–")
 
 
 def main() -> None:
@@ -265,8 +260,8 @@ def write_outputs(args: argparse.Namespace, results: dict, missing: list, second
         share = statistics.mean(r["label_share"] for r in runs)
         lines.append(
             f"| {alpha} | {SETTINGS[setting][1]} | {100 * share:.1f}% | {LABEL[method]} | "
-            f"{fmt(finals)} | {fmt([r['pl_last'] for r in runs])} | "
-            f"{fmt([r['pl_rate_last'] for r in runs])} | {len(runs)} |"
+            f"{pct(finals)} | {pct([r['pl_last'] for r in runs])} | "
+            f"{pct([r['pl_rate_last'] for r in runs])} | {len(runs)} |"
         )
     checks = shape_checks(means)
     notes = [

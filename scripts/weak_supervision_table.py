@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from fedsim.config import compose  # noqa: E402
 from fedsim.outputs import read_metrics  # noqa: E402
+from fedsim.report import mean_std  # noqa: E402
 
 SETTINGS: dict[str, tuple[list[str], list[str], str]] = {
     "clean": (["weak_labels=clean"], ["supervised"], "true labels"),
@@ -136,11 +137,9 @@ def run_one(args: argparse.Namespace, setting: str, method: str, seed: int) -> d
     return summary
 
 
-def fmt(values: list[float]) -> str:
-    """``mean ± std`` in percent (std over seeds; 0 for one seed)."""
-    mean = 100 * statistics.mean(values)
-    std = 100 * statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{mean:.2f} ± {std:.2f}"
+def pct(values: list[float]) -> str:
+    """``mean ± std`` in percent over seeds (:func:`fedsim.report.mean_std`)."""
+    return mean_std(values, scale=100, empty="–")
 
 
 def main() -> None:
@@ -226,8 +225,8 @@ def write_outputs(args: argparse.Namespace, results: dict, seconds: float) -> No
             finals = [r["final_accuracy"] for r in runs]
             means[(setting, method)] = statistics.mean(finals)
             lines.append(
-                f"| {SETTINGS[setting][2]} | {quality} | {LABEL[method]} | {fmt(finals)} | "
-                f"{fmt([r['best_accuracy'] for r in runs])} | {len(runs)} |"
+                f"| {SETTINGS[setting][2]} | {quality} | {LABEL[method]} | {pct(finals)} | "
+                f"{pct([r['best_accuracy'] for r in runs])} | {len(runs)} |"
             )
     checks = shape_checks(means)
     text = lines

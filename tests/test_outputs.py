@@ -223,3 +223,13 @@ def test_main_report_markdown(runs: list[Path], capsys: pytest.CaptureFixture[st
     assert set(lines[1]) <= set("|-: ")
     assert len(lines) == 4
     assert "0.9100 ± 0.0141" in _row("\n".join(lines), "strategy=fedavg")
+
+
+def test_mean_std_of_seeds() -> None:
+    from fedsim.report import mean_std
+
+    # mean 0.5, sample std sqrt(((0.4-0.5)^2 + (0.6-0.5)^2) / 1) = 0.141421...
+    assert mean_std([0.4, 0.6], scale=100) == "50.00 ± 14.14"
+    assert mean_std([0.25], digits=3) == "0.250 ± 0.000"
+    assert mean_std([float("nan"), None, 0.5], scale=100) == "50.00 ± 0.00"  # type: ignore[list-item]
+    assert mean_std([], empty="not run") == "not run"
