@@ -232,3 +232,43 @@ def test_client_refuses_labels_its_method_cannot_use() -> None:
     ((reply, _),) = ClientWorker().run_batch([(msg, ctx)])
     assert reply.has_error()
     assert "local method 'supervised' cannot train on 'partial' labels" in reply.error.reason
+
+
+def _toy10(n: int = 300, seed: int = 0) -> tuple[ClientData, torch.Tensor]:
+    """10 classes on 8x8: class k is a bright 2x2 block in row band k % 4, column band k // 4."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 10, (n,), generator=g)
+    x = torch.randint(0, 30, (n, 1, 8, 8), generator=g)
+    for k in range(10):
+        r, c = 2 * (k % 4), 3 * (k // 4)
+        x[y == k, :, r : r + 2, c : c + 2] += 200
+    return ClientData(x=x.to(torch.uint8), y=y, mean=(0.3,), std=(0.3,), num_classes=10), y
+
+
+@pytest.mark.parametrize("nl_exclude", ["pl_head", "none"])
+def test_bldr_weights_separate_clean_from_noisy_samples(nl_exclude: str) -> None:
+    # The NL head's belief in the given label must rank clean samples above flipped ones. With
+    # the spec-literal nl_exclude="nl_head" the head locks onto one class and the weights do
+    # not separate (0.12 vs 0.16 here; see the README), which this test catches.
+    data, y = _toy10()
+    noisy = y.clone()
+    flip = torch.arange(len(y)) % 4 == 0
+    noisy[flip] = (y[flip] + 1) % 10
+    data.y, data.label_kind = noisy, "noisy"
+    model = build_model("mlp", num_classes=10, in_channels=1, image_size=8, params={"hidden": [32]})
+    learner = build_learner(
+        "bldr",
+        {"epochs": 8, "batch_size": 16, "lr": 0.1, "reweight_start": 8, "nl_exclude": nl_exclude},
+    )
+    state: dict[str, Any] = {}
+    for r in range(2):
+        torch.manual_seed(r)
+        learner.train(
+            model,
+            data,
+            device=torch.device("cpu"),
+            generator=torch.Generator().manual_seed(r),
+            state=state,
+        )
+    w = torch.as_tensor(state["bldr.w"])
+    assert float(w[~flip].mean() - w[flip].mean()) > 0.2

@@ -104,6 +104,12 @@ def test_bldr_corrected_probs_and_negative_learning() -> None:
     # NL head p = (0.25, 0.5, 0.25): prediction 1, label 0 -> N = {2}: -log(1 - 0.25)
     nl = negative_learning_loss(T([[0.0, math.log(2.0), 0.0]]), T([0]))
     assert float(nl[0]) == pytest.approx(-math.log(0.75), abs=1e-6)
+    # excluding the model's prediction (class 2) instead: N = {1}: -log(1 - 0.5)
+    nl = negative_learning_loss(T([[0.0, math.log(2.0), 0.0]]), T([0]), T([2]))
+    assert float(nl[0]) == pytest.approx(-math.log(0.5), abs=1e-6)
+    # excluding the given label only: N = {1, 2}: mean of -log(0.5) and -log(0.75)
+    nl = negative_learning_loss(T([[0.0, math.log(2.0), 0.0]]), T([0]), T([0]))
+    assert float(nl[0]) == pytest.approx(-(math.log(0.5) + math.log(0.75)) / 2, abs=1e-6)
     assert torch.allclose(minmax(T([2.0, 4.0, 3.0])), T([0.0, 1.0, 0.5]))
     assert torch.equal(minmax(T([1.0, 1.0])), T([1.0, 1.0]))
 

@@ -21,6 +21,8 @@ from clients.learners.losses import corrected_probs, minmax, negative_learning_l
 from fedsim.data import to_float
 
 HEAD_PREFIX = "bldr.nl_head."
+#: choices of ``nl_exclude``
+NL_EXCLUDE = ("nl_head", "pl_head", "none")
 
 
 @LOCAL.register("bldr")
@@ -39,6 +41,11 @@ class BLDR(Learner):
         epochs are for centralised training; the default here suits FL runs of tens of rounds.
     nl_weight
         Weight of the NL head's loss.
+    nl_exclude
+        Which class besides the given label the NL head's loss leaves out: ``"nl_head"`` (the
+        NL head's own prediction, as the spec reads), ``"pl_head"`` (the model's prediction) or
+        ``"none"`` (only the given label). See the README's BLDR note for why the default
+        differs from the spec.
     """
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
@@ -50,6 +57,7 @@ class BLDR(Learner):
         uv_init_std: float = 1e-8,
         reweight_start: int = 10,
         nl_weight: float = 1.0,
+        nl_exclude: str = "pl_head",
         epochs: int = 1,
         batch_size: int = 32,
         optimizer: str = "sgd",
@@ -66,7 +74,10 @@ class BLDR(Learner):
             weight_decay=weight_decay,
         )
         self.uv_lr, self.uv_init_std = uv_lr, uv_init_std
+        if nl_exclude not in NL_EXCLUDE:
+            raise ValueError(f"bldr: nl_exclude {nl_exclude!r} is not one of {list(NL_EXCLUDE)}")
         self.reweight_start, self.nl_weight = reweight_start, nl_weight
+        self.nl_exclude = nl_exclude
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         n, c = len(data), data.num_classes
@@ -110,7 +121,8 @@ class BLDR(Learner):
         idx = idx.to(x.device)
         p = corrected_probs(logits, y, self._u[idx], self._v[idx])
         pl = F.nll_loss(p.log(), y, reduction="none")
-        nl = negative_learning_loss(self._head(feats), y)
+        exclude = {"nl_head": None, "pl_head": logits.detach().argmax(1), "none": y}
+        nl = negative_learning_loss(self._head(feats), y, exclude[self.nl_exclude])
         w = self._w[idx]
         return (w * (pl + self.nl_weight * nl)).mean(), logits
 

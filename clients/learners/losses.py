@@ -145,13 +145,20 @@ def corrected_probs(
     return p / p.sum(1, keepdim=True)
 
 
-def negative_learning_loss(nl_logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """BLDR's NL head, per sample: ``-mean_{k in N_i} log(1 - p_k)``, ``N_i`` = every class but
-    the given label and the NL head's own prediction."""
+def negative_learning_loss(
+    nl_logits: torch.Tensor, y: torch.Tensor, exclude: torch.Tensor | None = None
+) -> torch.Tensor:
+    """BLDR's NL head, per sample: ``-mean_{k in N_i} log(1 - p_k)``.
+
+    ``N_i`` is every class but the given label ``y_i`` and ``exclude_i`` (the spec's choice is
+    the NL head's own prediction, which is used when ``exclude`` is ``None``; pass ``y`` itself
+    to exclude the given label only).
+    """
     p = F.softmax(nl_logits, dim=1)
     mask = torch.ones_like(p, dtype=torch.bool)
     mask.scatter_(1, y.view(-1, 1), False)
-    mask.scatter_(1, p.detach().argmax(1, keepdim=True), False)
+    other = p.detach().argmax(1) if exclude is None else exclude
+    mask.scatter_(1, other.view(-1, 1), False)
     terms = -torch.log((1 - p).clamp_min(1e-7)) * mask
     return terms.sum(1) / mask.sum(1).clamp_min(1)
 
