@@ -161,17 +161,7 @@ def validate(cfg: DictConfig) -> None:
     _int_at_least(cfg, "local.batch_size", 1)
     if not _number(cfg, "local.lr") > 0:
         raise invalid("local.lr", cfg.local.lr, "a number > 0")
-    gpus = _number(cfg, "engine.client_gpus")
-    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
-        raise invalid(
-            "engine.client_gpus",
-            cfg.engine.client_gpus,
-            "0, a fraction in (0, 1] or a whole number",
-        )
-    if OmegaConf.select(cfg, "engine.chunks_per_actor") is not None:
-        _int_at_least(cfg, "engine.chunks_per_actor", 1)
-    if not _number(cfg, "engine.client_cpus") > 0:
-        raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
+    validate_engine(cfg)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise invalid("device", device, "auto, cpu, cuda or cuda:N")
@@ -185,6 +175,34 @@ def validate(cfg: DictConfig) -> None:
         from server.fal import validate_fal
 
         validate_fal(cfg)
+
+
+def validate_engine(cfg: DictConfig) -> None:
+    """Check the ``engine`` group (what starting the engine reads); imports no torch.
+
+    :func:`validate` calls it; :func:`fedsim.runner.run` calls it alone before it starts the
+    engine, and the rest of :func:`validate` while the engine starts.
+    """
+    from fedsim.engine import ENGINES
+
+    node = cfg.get("engine")
+    if not isinstance(node, Mapping) or "name" not in node:
+        raise ConfigError(f"missing config group 'engine': pick one of {ENGINES.names()}")
+    ENGINES.get(str(node["name"]))
+    gpus = _number(cfg, "engine.client_gpus")
+    if gpus < 0 or (gpus > 1 and not gpus.is_integer()):
+        raise invalid(
+            "engine.client_gpus",
+            cfg.engine.client_gpus,
+            "0, a fraction in (0, 1] or a whole number",
+        )
+    if OmegaConf.select(cfg, "engine.chunks_per_actor") is not None:
+        _int_at_least(cfg, "engine.chunks_per_actor", 1)
+    if not _number(cfg, "engine.client_cpus") > 0:
+        raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
+    for key in ("engine.num_cpus", "engine.num_gpus"):
+        if OmegaConf.select(cfg, key) is not None:
+            _int_at_least(cfg, key, 1 if key.endswith("cpus") else 0)
 
 
 def _check_faults(cfg: DictConfig) -> None:

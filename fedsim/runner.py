@@ -91,32 +91,47 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     engine drive the Flower apps. The ServerApp writes metrics, checkpoints, TensorBoard events,
     the accuracy plot and ``summary.json`` into ``cfg.output_dir``.
     """
+    from fedsim.config import validate_engine
     from fedsim.engine import ENGINES
 
-    validate(cfg)
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     if not cfg.get("output_dir"):
         raise ConfigError(
             "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
         )
+    validate_engine(cfg)  # what starting the engine reads (no torch import: milliseconds)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     engine = ENGINES.get(str(cfg.engine.name))
     pre_fn = getattr(engine, "prestart", None)
-    handle = None
-    if pre_fn is not None:
-        # Load the data in a thread while the engine starts (Ray's start mostly waits on its
-        # processes); the federation is cached, so prepare() below finds it built.
-        from fedsim.federation import build_federation
+    if pre_fn is None:
+        validate(cfg)
+        return _run(cfg, engine, None)
+    # Validate the rest and load the data in a thread while the engine starts. Ray's start mostly
+    # waits on its own processes, and validation imports torch (about 2 s), so the two overlap.
+    # Bad input is still reported before any output is written, and the engine is closed.
+    import fedsim.engine.worker  # noqa: F401  (imported here, not by both threads at once)
 
-        loader = _Background(build_federation, cfg)
+    checker = _Background(_validate_and_load, cfg)
+    handle = None
+    try:
+        handle = pre_fn(cfg)
+    finally:
         try:
-            handle = pre_fn(cfg)
-        finally:
-            loader.result()  # re-raises a data error (after the engine started: it is closed)
+            checker.result()  # a config error wins over an engine error it may have caused
+        except BaseException:
+            if handle is not None:
+                handle.close()
+            raise
     try:
         return _run(cfg, engine, handle)
     finally:
-        if handle is not None:
-            handle.close()
+        handle.close()
+
+
+def _validate_and_load(cfg: DictConfig) -> None:
+    from fedsim.federation import build_federation
+
+    validate(cfg)
+    build_federation(cfg)  # cached: prepare() in _run finds it built
 
 
 class _Background:

@@ -126,3 +126,37 @@ def test_fashion_mnist_from_shared() -> None:
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
     assert np.bincount(d.train_y.numpy()).tolist() == [6000] * 10
     assert np.bincount(d.test_y.numpy()).tolist() == [1000] * 10
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    header = (0x0800 + arr.ndim).to_bytes(4, "big")
+    header += b"".join(int(s).to_bytes(4, "big") for s in arr.shape)
+    path.write_bytes(header + arr.astype(np.uint8).tobytes())
+
+
+def test_idx_reader_matches_torchvision(tmp_path: Path) -> None:
+    from torchvision.datasets import MNIST
+
+    from fedsim.data.datasets import IDX_FILES, load_dataset, read_idx_split
+
+    rng = np.random.default_rng(0)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    sizes = {"train": 12, "t10k": 5}
+    for name in IDX_FILES:
+        n = sizes[name.split("-")[0]]
+        arr = rng.integers(0, 256, (n, 28, 28)) if "images" in name else rng.integers(0, 10, n)
+        _write_idx(raw / name, arr)
+    ours = read_idx_split(str(raw))
+    assert ours is not None
+    tv_train = MNIST(str(tmp_path), train=True, download=False)
+    tv_test = MNIST(str(tmp_path), train=False, download=False)
+    for mine, theirs in zip(
+        ours, (tv_train.data, tv_train.targets, tv_test.data, tv_test.targets), strict=True
+    ):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+    d = load_dataset("mnist", root=str(tmp_path), download=False)
+    assert d.train_x.shape == (12, 1, 28, 28) and torch.equal(d.test_y, tv_test.targets)
+    (raw / IDX_FILES[3]).write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 8)
+    with pytest.raises(ConfigError, match="not an idx file"):
+        read_idx_split(str(raw))
