@@ -19,6 +19,11 @@ Columns:
   PSS costs about 10 ms of kernel time per process, so sampling more often slows the run measured);
 - ``x bound``: s/round divided by the compute bound's s/round.
 
+The **parallel bound** row (skip it with ``--no-parallel-bound``) runs each worker's share of the
+clients in its own plain process, all at once, with no framework: the per-round time the
+hardware allows when every core trains at the same time. Where it is above 1.00x, the compute
+bound (one process, divided by the workers) is not reachable on that machine.
+
 Usage::
 
     python scripts/bench_engine.py                       # all workloads, both engines
@@ -30,6 +35,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -152,8 +158,12 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
     }
 
 
-def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float:
-    """Seconds per round of the same local SGD in one process, divided by the workers."""
+def _local_rounds(
+    clients: int, samples: int, share: list[int], args: argparse.Namespace, *, ready: Any = None
+) -> list[float]:
+    """Seconds of each of 3 rounds of local SGD over the clients in ``share`` (one torch thread,
+    no framework). ``ready`` (if given) is called after the data and model are built, before
+    the timed rounds."""
     import torch
 
     from clients.learners import build_learner
@@ -176,10 +186,12 @@ def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float
     ).to(device)
     init = {k: v.clone() for k, v in model.state_dict().items()}
     learner = build_learner("supervised", {"epochs": 1, "batch_size": 32, "lr": 0.05})
+    if ready is not None:
+        ready()
     times = []
     for rnd in (1, 2, 3):
         t0 = time.perf_counter()
-        for pid in range(clients):
+        for pid in share:
             model.load_state_dict(init)
             seed = client_seed(0, rnd, pid)
             learner.train(
@@ -191,14 +203,78 @@ def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
+    return times
+
+
+def compute_bound(clients: int, samples: int, args: argparse.Namespace) -> float:
+    """Seconds per round of the same local SGD in one process, divided by the workers."""
+    times = _local_rounds(clients, samples, list(range(clients)), args)
     per_round = min(times[1:])  # after warm-up
     workers = max(1, int(args.workers))
     return per_round / workers
 
 
+def parallel_bound(clients: int, samples: int, args: argparse.Namespace) -> float:
+    """Seconds per round when ``workers`` plain processes (no framework) each run their share
+    of the clients at the same time: what the hardware gives when every core trains at once
+    (on a VM, cores that share caches or memory bandwidth make this slower than the bound)."""
+    workers = max(1, int(args.workers))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--parallel-child", str(w), str(clients), str(samples)]
+            + [f"--{k.replace('_', '-')}={v}" for k, v in _child_args(args).items()],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for w in range(workers)
+    ]
+    for p in procs:  # all set up before any starts timing
+        assert p.stdout is not None and p.stdout.readline().strip() == "READY"
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    rounds = [json.loads(p.communicate()[0].strip().splitlines()[-1]) for p in procs]
+    # per round, the slowest process sets the pace; best of the rounds after warm-up
+    return min(max(r[i] for r in rounds) for i in (1, 2))
+
+
+def _child_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data_root": args.data_root,
+        "client_cpus": args.client_cpus,
+        "client_gpus": args.client_gpus,
+        "device": args.device,
+        "workers": args.workers,
+    }
+
+
+def parallel_child(argv: list[str]) -> None:
+    w, clients, samples = (int(v) for v in argv[:3])
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-root", default="")
+    ap.add_argument("--client-cpus", type=float, default=1.0)
+    ap.add_argument("--client-gpus", type=float, default=0.0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args(argv[3:])
+    share = [pid for pid in range(clients) if pid % args.workers == w]
+
+    def ready() -> None:
+        print("READY", flush=True)
+        sys.stdin.readline()
+
+    print(json.dumps(_local_rounds(clients, samples, share, args, ready=ready)), flush=True)
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         child(sys.argv[2:])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--parallel-child":
+        parallel_child(sys.argv[2:])
         return
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -223,6 +299,11 @@ def main() -> None:
         default=os.cpu_count() or 1,
         help="workers that share the compute bound (default: CPU count)",
     )
+    ap.add_argument(
+        "--no-parallel-bound",
+        action="store_true",
+        help="skip the parallel bound (the workers' shares run in plain processes at once)",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     ap.add_argument(
         "--mem-interval", type=float, default=2.0, help="seconds between memory samples"
@@ -246,6 +327,19 @@ def main() -> None:
             }
         )
         print(f"{w}: compute bound {bound:.3f} s/round", flush=True)
+        if args.workers > 1 and not args.no_parallel_bound:
+            par = parallel_bound(clients, samples, args)
+            rows.append(
+                {
+                    "workload": w,
+                    "engine": "parallel bound",
+                    "startup": None,
+                    "per_round": par,
+                    "peak_gib": None,
+                    "x_bound": par / bound,
+                }
+            )
+            print(f"{w}: parallel bound {par:.3f} s/round ({par / bound:.2f}x bound)", flush=True)
         for engine in args.engines:
             r = measure(clients, samples, engine, args)
             r.update(workload=w, engine=engine, x_bound=r["per_round"] / bound)
