@@ -300,6 +300,13 @@ def main() -> None:
         help="workers that share the compute bound (default: CPU count)",
     )
     ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="measure each workload this many times (bounds and engines, interleaved); the "
+        "table shows medians, with ranges",
+    )
+    ap.add_argument(
         "--no-parallel-bound",
         action="store_true",
         help="skip the parallel bound (the workers' shares run in plain processes at once)",
@@ -315,45 +322,66 @@ def main() -> None:
     rows = []
     for w in args.workloads:
         clients, samples = (int(v) for v in w.lower().split("x"))
-        bound = compute_bound(clients, samples, args)
-        rows.append(
-            {
-                "workload": w,
-                "engine": "compute bound",
-                "startup": None,
-                "per_round": bound,
-                "peak_gib": None,
-                "x_bound": 1.0,
-            }
-        )
-        print(f"{w}: compute bound {bound:.3f} s/round", flush=True)
-        if args.workers > 1 and not args.no_parallel_bound:
-            par = parallel_bound(clients, samples, args)
-            rows.append(
-                {
-                    "workload": w,
-                    "engine": "parallel bound",
-                    "startup": None,
-                    "per_round": par,
-                    "peak_gib": None,
-                    "x_bound": par / bound,
-                }
-            )
-            print(f"{w}: parallel bound {par:.3f} s/round ({par / bound:.2f}x bound)", flush=True)
-        for engine in args.engines:
-            r = measure(clients, samples, engine, args)
-            r.update(workload=w, engine=engine, x_bound=r["per_round"] / bound)
-            rows.append(r)
-            print(
-                f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
-                f"({r['x_bound']:.2f}x bound), peak {r['peak_gib']:.2f} GiB",
-                flush=True,
-            )
+        reps: list[dict[str, dict[str, Any]]] = []
+        for rep in range(args.repeat):
+            # Each repetition measures the bounds and then every engine, close together in time,
+            # and ratios are taken within a repetition (this machine's speed drifts by minutes).
+            got: dict[str, dict[str, Any]] = {}
+            bound = compute_bound(clients, samples, args)
+            got["compute bound"] = {"startup": None, "per_round": bound, "peak_gib": None}
+            print(f"{w} [{rep + 1}/{args.repeat}]: compute bound {bound:.3f} s/round", flush=True)
+            if args.workers > 1 and not args.no_parallel_bound:
+                par = parallel_bound(clients, samples, args)
+                got["parallel bound"] = {"startup": None, "per_round": par, "peak_gib": None}
+                print(f"{w}: parallel bound {par:.3f} s/round ({par / bound:.2f}x)", flush=True)
+            order = list(args.engines) if rep % 2 == 0 else list(reversed(args.engines))
+            for engine in order:
+                r = measure(clients, samples, engine, args)
+                got[engine] = r
+                print(
+                    f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
+                    f"({r['per_round'] / bound:.2f}x bound), peak {r['peak_gib']:.2f} GiB",
+                    flush=True,
+                )
+            for r in got.values():
+                r["x_bound"] = r["per_round"] / bound
+            reps.append(got)
+        rows.extend(summarise(w, reps))
     table = render(rows, args)
     print(table)
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(table + "\n")
+
+
+def summarise(workload: str, reps: list[dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per engine: medians over the repetitions (ratios taken within each repetition),
+    with the range of ``x bound`` and of the fast-vs-flower ratios when there are several."""
+    import statistics
+
+    def med(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    rows = []
+    for engine in reps[0]:
+        runs = [rep[engine] for rep in reps]
+        x = [r["x_bound"] for r in runs]
+        row: dict[str, Any] = {
+            "workload": workload,
+            "engine": engine,
+            "startup": None if runs[0]["startup"] is None else med([r["startup"] for r in runs]),
+            "per_round": med([r["per_round"] for r in runs]),
+            "peak_gib": None if runs[0]["peak_gib"] is None else max(r["peak_gib"] for r in runs),
+            "x_bound": med(x),
+            "x_range": (min(x), max(x)) if len(x) > 1 else None,
+            "n": len(runs),
+        }
+        if engine == "fast" and "flower" in reps[0]:
+            per = [rep["flower"]["per_round"] / rep["fast"]["per_round"] for rep in reps]
+            start = [rep["fast"]["startup"] / rep["flower"]["startup"] for rep in reps]
+            row["vs_flower"] = (med(per), min(per), max(per), med(start), min(start), max(start))
+        rows.append(row)
+    return rows
 
 
 def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
@@ -368,20 +396,25 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
         f"Workloads: clients x samples, small CNN (conv 8/16, fc 64) on 28x28, {args.rounds} rounds, "
         f"all clients every round, 1 epoch, batch 32; device {device}; {args.workers} worker(s); "
-        f"{os.cpu_count()} CPU cores.",
+        f"{os.cpu_count()} CPU cores; {args.repeat} repetition(s) per workload"
+        + (", medians (range)." if args.repeat > 1 else "."),
         "",
         "| workload | engine | startup s | s/round | x bound | peak RSS GiB | fast vs flower |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
-    by = {(r["workload"], r["engine"]): r for r in rows}
     for r in rows:
         speed = ""
-        if r["engine"] == "fast" and (r["workload"], "flower") in by:
-            fl = by[(r["workload"], "flower")]
-            speed = f"{fl['per_round'] / r['per_round']:.1f}x per round, {fl['startup'] / r['startup']:.1f}x startup"
+        if r.get("vs_flower"):
+            p, plo, phi, st, slo, shi = r["vs_flower"]
+            speed = f"{p:.1f}x faster per round; start-up {st:.2f}x flower's"
+            if r["n"] > 1:
+                speed += f" (per round {plo:.1f}-{phi:.1f}x, start-up {slo:.2f}-{shi:.2f}x)"
+        xb = f(r["x_bound"], ".2f")
+        if r.get("x_range"):
+            xb += f" ({r['x_range'][0]:.2f}-{r['x_range'][1]:.2f})"
         lines.append(
             f"| {r['workload']} | {r['engine']} | {f(r['startup'], '.1f')} | {f(r['per_round'], '.3f')} | "
-            f"{f(r['x_bound'], '.2f')} | {f(r['peak_gib'], '.2f')} | {speed} |"
+            f"{xb} | {f(r['peak_gib'], '.2f')} | {speed} |"
         )
     return "\n".join(lines)
 

@@ -53,13 +53,15 @@ def pseudo_label_quality(run_dir: Path, tau: float = 0.95) -> dict[str, float]:
     model.load_state_dict({k: torch.as_tensor(v) for k, v in ckpt["arrays"].items()})
     model.eval()
     torch.manual_seed(0)
+    flip, pad = cfg.local.get("flip", True), cfg.local.get("pad", 4)  # CE runs: FixMatch's default
     passed = correct = total = 0
     for pid in range(int(cfg.num_clients)):
         d = fed.client_data(pid)
         unl = d.unlabeled_indices()
         true = fed.data.train_y[torch.from_numpy(fed.partitions[pid])][unl]
         with torch.no_grad():
-            x = to_float(weak_augment(d.x[unl], pad=4), d.mean, d.std)
+            view = weak_augment(d.x[unl], flip=bool(flip), pad=int(pad))  # the run's weak view
+            x = to_float(view, d.mean, d.std)
             conf, pred = torch.softmax(model(x), 1).max(1)
         ok = conf >= tau
         passed += int(ok.sum())
@@ -103,7 +105,7 @@ def main() -> None:
             run(cfg)
         if (run_dir / "summary.json").is_file():
             out[name] = json.loads((run_dir / "summary.json").read_text())
-    for method in ("supervised", "fixmatch", "flexmatch"):
+    for method in ("supervised", "fixmatch", "flexmatch", "fixmatch_identity"):
         d = Path(args.runs_dir) / "semi5" / method / f"seed{args.seed}"
         if (d / "summary.json").is_file():
             out[f"pseudo_labels_{method}"] = pseudo_label_quality(d)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -18,12 +18,20 @@ class EngineStopped(RuntimeError):
     """The simulation engine stopped while the server was waiting for replies."""
 
 
-def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list[Message | None]:
+def exchange(
+    grid: Grid,
+    messages: Iterable[Message],
+    *,
+    timeout: float,
+    on_reply: Callable[[int, Message], None] | None = None,
+) -> list[Message | None]:
     """Push ``messages`` and pull replies until all arrived or ``timeout`` seconds passed.
 
     Returns one entry per message, in order: its reply, or None if none came in time. Replies are
     matched by the id of the message they answer (an error reply made by the SuperLink for an
-    unreachable node does not carry that node's id as its source).
+    unreachable node does not carry that node's id as its source). ``on_reply(i, reply)`` is
+    called as each reply arrives (``i``: its message's position), so that per-reply work such as
+    validation overlaps with the clients still training.
 
     Polls quickly at first (replies of small clients come within milliseconds), backing off to
     0.1 s, and raises :class:`EngineStopped` if :data:`ENGINE_STOP` is set meanwhile.
@@ -42,6 +50,8 @@ def exchange(grid: Grid, messages: Iterable[Message], *, timeout: float) -> list
                 if mid in pending:
                     replies[index[mid]] = m
                     pending.discard(mid)
+                    if on_reply is not None:
+                        on_reply(index[mid], m)
             interval = 0.001
             continue
         if ENGINE_STOP.is_set():

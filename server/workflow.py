@@ -179,24 +179,30 @@ class FLWorkflow:
         view = SampledGrid(grid, [self.node_of[p] for p in sampled])
         config = ConfigRecord(self.train_config(server_round))
         messages = list(strategy.configure_train(server_round, arrays, config, view))
-        answers = exchange(grid, messages, timeout=float(self.cfg.round_timeout))
+        problems: dict[int, str | None] = {}
+
+        def check(i: int, reply: Message) -> None:  # as replies arrive, while others train
+            problem, decoded = check_train_reply(reply, arrays)
+            if problem is None:  # hand the strategy arrays it need not decode again
+                for name, arr in reply.content.array_records[C.ARRAYS_KEY].items():
+                    DecodedArray.adopt(arr, decoded[name])
+            problems[i] = problem
+
+        answers = exchange(grid, messages, timeout=float(self.cfg.round_timeout), on_reply=check)
         pid_of = {nid: pid for pid, nid in self.node_of.items()}
         good: list[Message] = []
         self.failed_clients = []
         # Sorted by partition id: floating-point sums depend on the order.
-        for msg, reply in sorted(
-            zip(messages, answers, strict=True),
-            key=lambda mr: pid_of.get(mr[0].metadata.dst_node_id, -1),
+        for i, msg, reply in sorted(
+            zip(range(len(messages)), messages, answers, strict=True),
+            key=lambda imr: pid_of.get(imr[1].metadata.dst_node_id, -1),
         ):
             pid = pid_of.get(msg.metadata.dst_node_id)
             if reply is None:
                 self.failed_clients.append({"client": pid, "reason": "no reply (round_timeout)"})
                 continue
-            problem, decoded = check_train_reply(reply, arrays)
+            problem = problems[i]
             if problem is None:
-                # Hand the strategy arrays it need not decode again.
-                for name, arr in reply.content.array_records[C.ARRAYS_KEY].items():
-                    DecodedArray.adopt(arr, decoded[name])
                 good.append(reply)
             else:
                 self.failed_clients.append({"client": pid, "reason": problem})
