@@ -406,7 +406,7 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         speed = ""
         if r.get("vs_flower"):
             p, plo, phi, st, slo, shi = r["vs_flower"]
-            speed = f"{p:.1f}x faster per round; start-up {st:.2f}x flower's"
+            speed = f"per-round speed-up {p:.1f}x; start-up {st:.2f}x flower's"
             if r["n"] > 1:
                 speed += f" (per round {plo:.1f}-{phi:.1f}x, start-up {slo:.2f}-{shi:.2f}x)"
         xb = f(r["x_bound"], ".2f")
