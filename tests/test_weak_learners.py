@@ -272,3 +272,14 @@ def test_bldr_weights_separate_clean_from_noisy_samples(nl_exclude: str) -> None
         )
     w = torch.as_tensor(state["bldr.w"])
     assert float(w[~flip].mean() - w[flip].mean()) > 0.2
+
+
+def test_learner_parameters_are_checked_in_one_line() -> None:
+    from fedsim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="local.nl_exclude='x': allowed nl_head, pl_head, none"):
+        build_learner("bldr", {"nl_exclude": "x"})
+    # FedLabel's confidence threshold is its beta, not a second parameter
+    assert build_learner("fedlabel", {"beta": 0.8}).threshold == 0.8  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="invalid local parameter 'threshold'"):
+        build_learner("fedlabel", {"threshold": 0.5})

@@ -133,6 +133,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(kw_only=True, eq=False)
 class Learner:
     """Local mini-batch training with a pluggable loss.
 
@@ -150,25 +151,14 @@ class Learner:
 
     #: Kinds of labels this learner can use (checked at start, see :func:`check_label_kind`).
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean"})
+    epochs: int = 1
+    batch_size: int = 32
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 0.0
     #: The generator of the current training call's randomness (set by :meth:`train`).
-    rng: torch.Generator
-
-    def __init__(
-        self,
-        *,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.optimizer = optimizer
-        self.lr = lr
-        self.momentum = momentum
-        self.weight_decay = weight_decay
+    rng: torch.Generator = field(init=False, repr=False)
 
     # ---- hooks --------------------------------------------------------------------------------
     def make_optimizer(self, model: nn.Module) -> Any:

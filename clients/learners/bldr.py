@@ -9,6 +9,7 @@ choice), as are ``u``, ``v`` and the sample weights, in the client state across 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ from clients.learners.base import LOCAL, SGD, ClientData, Learner
 from clients.learners.common import EPOCHS_KEY, Optimizers, load_module, save_module, table
 from clients.learners.losses import corrected_probs, minmax, negative_learning_loss
 from fedsim.data import to_float
+from fedsim.errors import invalid
 
 HEAD_PREFIX = "bldr.nl_head."
 #: choices of ``nl_exclude``
@@ -26,6 +28,7 @@ NL_EXCLUDE = ("nl_head", "pl_head", "none")
 
 
 @LOCAL.register("bldr")
+@dataclass(kw_only=True, eq=False)
 class BLDR(Learner):
     """``w_i [CE(corrected p_i, y_i) + nl_weight NL_i]``.
 
@@ -50,34 +53,15 @@ class BLDR(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
-    def __init__(
-        self,
-        *,
-        uv_lr: float = 10.0,
-        uv_init_std: float = 1e-8,
-        reweight_start: int = 10,
-        nl_weight: float = 1.0,
-        nl_exclude: str = "pl_head",
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.uv_lr, self.uv_init_std = uv_lr, uv_init_std
-        if nl_exclude not in NL_EXCLUDE:
-            raise ValueError(f"bldr: nl_exclude {nl_exclude!r} is not one of {list(NL_EXCLUDE)}")
-        self.reweight_start, self.nl_weight = reweight_start, nl_weight
-        self.nl_exclude = nl_exclude
+    uv_lr: float = 10.0
+    uv_init_std: float = 1e-8
+    reweight_start: int = 10
+    nl_weight: float = 1.0
+    nl_exclude: str = "pl_head"
+
+    def __post_init__(self) -> None:
+        if self.nl_exclude not in NL_EXCLUDE:
+            raise invalid("local.nl_exclude", self.nl_exclude, ", ".join(NL_EXCLUDE))
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         n, c = len(data), data.num_classes

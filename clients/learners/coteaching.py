@@ -8,6 +8,7 @@ local epochs over the client's participations.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -28,6 +29,7 @@ PEER_INITS = ("fresh", "copy")
 
 
 @LOCAL.register("coteaching")
+@dataclass(kw_only=True, eq=False)
 class CoTeaching(Learner):
     """Each net keeps the ``1 - r(t)`` smallest-loss fraction of the batch; its peer trains on it.
 
@@ -47,32 +49,10 @@ class CoTeaching(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
-    def __init__(
-        self,
-        *,
-        forget_rate: float = 0.2,
-        num_gradual: int = 10,
-        exponent: float = 1.0,
-        peer_init: str = "fresh",
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.forget_rate = forget_rate
-        self.num_gradual = num_gradual
-        self.exponent = exponent
-        self.peer_init = peer_init
+    forget_rate: float = 0.2
+    num_gradual: int = 10
+    exponent: float = 1.0
+    peer_init: str = "fresh"
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         self._epoch0 = int(state.get(EPOCHS_KEY, 0))

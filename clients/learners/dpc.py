@@ -6,6 +6,7 @@ selection and DivideMix-style MixMatch with two heads are not (they are the "hig
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -16,6 +17,7 @@ from clients.learners.losses import dpc_edl_loss
 
 
 @LOCAL.register("dpc")
+@dataclass(kw_only=True, eq=False)
 class DPC(Learner):
     """``log sum(alpha) - log alpha_y + beta KL(Dir(alpha~) || Dir(1)) [/ C]`` with
     ``alpha = e^o + 10/C``.
@@ -34,29 +36,10 @@ class DPC(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
-    def __init__(
-        self,
-        *,
-        beta: float = 0.5,
-        gamma: float | None = None,
-        clamp: float = 10.0,
-        kl_per_class: bool = True,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.beta, self.gamma, self.clamp, self.kl_per_class = beta, gamma, clamp, kl_per_class
+    beta: float = 0.5
+    gamma: float | None = None
+    clamp: float = 10.0
+    kl_per_class: bool = True
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor

@@ -27,6 +27,7 @@ used (documented deviation).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -46,55 +47,26 @@ LOCAL_WINS = "fedlabel_local_expert_rate"  # share of unlabeled views where the 
 
 
 @LOCAL.register("fedlabel")
+@dataclass(kw_only=True, eq=False)
 class FedLabel(FixMatch):
     """FedLabel's client (see the module docstring for the parameters beyond FixMatch's)."""
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "semi"})
 
-    def __init__(
-        self,
-        *,
-        score: str = "variance",
-        beta: float = 0.95,
-        lambda0: float = 1.0,
-        consistency: bool = True,
-        local_model: str = "persistent",
-        lambda_u: float = 1.0,
-        mu: int = 7,
-        num_ops: int = 2,
-        magnitude: int = 10,
-        ra_group: int = 1,
-        flip: bool = True,
-        pad: int = 4,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        if score not in SCORES:
-            raise invalid("local.score", score, ", ".join(SCORES))
-        if local_model not in LOCAL_MODES:
-            raise invalid("local.local_model", local_model, ", ".join(LOCAL_MODES))
-        super().__init__(
-            threshold=beta,
-            lambda_u=lambda_u,
-            mu=mu,
-            num_ops=num_ops,
-            magnitude=magnitude,
-            ra_group=ra_group,
-            flip=flip,
-            pad=pad,
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.score, self.beta, self.lambda0 = score, beta, lambda0
-        self.consistency, self.local_model = consistency, local_model
+    score: str = "variance"
+    beta: float = 0.95
+    lambda0: float = 1.0
+    consistency: bool = True
+    local_model: str = "persistent"
+    #: FixMatch's confidence threshold is ``beta`` here, not a parameter of its own.
+    threshold: float = field(init=False, default=0.95)
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise invalid("local.score", self.score, ", ".join(SCORES))
+        if self.local_model not in LOCAL_MODES:
+            raise invalid("local.local_model", self.local_model, ", ".join(LOCAL_MODES))
+        self.threshold = self.beta
 
     # ---- state ---------------------------------------------------------------------------------
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:

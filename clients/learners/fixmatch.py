@@ -16,6 +16,7 @@ hidden true labels are reported in the train metrics (:mod:`clients.learners.pse
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -30,6 +31,7 @@ from fedsim.data import to_float
 
 
 @LOCAL.register("fixmatch")
+@dataclass(kw_only=True, eq=False)
 class FixMatch(Learner):
     """``CE(labeled weak) + lambda_u mean[1(max p(u_w) >= T) CE(f(u_s), argmax p(u_w))]``.
 
@@ -51,35 +53,14 @@ class FixMatch(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "semi"})
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.95,
-        lambda_u: float = 1.0,
-        mu: int = 7,
-        num_ops: int = 2,
-        magnitude: int = 10,
-        ra_group: int = 1,
-        flip: bool = True,
-        pad: int = 4,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.threshold, self.lambda_u, self.mu = threshold, lambda_u, mu
-        self.num_ops, self.magnitude, self.ra_group = num_ops, magnitude, ra_group
-        self.flip, self.pad = flip, pad
+    threshold: float = 0.95
+    lambda_u: float = 1.0
+    mu: int = 7
+    num_ops: int = 2
+    magnitude: int = 10
+    ra_group: int = 1
+    flip: bool = True
+    pad: int = 4
 
     # ---- hooks ---------------------------------------------------------------------------------
     def train_indices(self, data: ClientData) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -13,6 +14,7 @@ from clients.learners.losses import gce_loss
 
 
 @LOCAL.register("gce")
+@dataclass(kw_only=True, eq=False)
 class GCE(Learner):
     """``L_q = (1 - p_y^q) / q``; optionally truncated (samples with ``p_y < truncate_below`` are
     ignored from cumulative local epoch ``truncate_start``, an unofficial schedule).
@@ -29,30 +31,9 @@ class GCE(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
-    def __init__(
-        self,
-        *,
-        q: float = 0.7,
-        truncate_below: float | None = None,
-        truncate_start: int = 0,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.q = q
-        self.truncate_below = truncate_below
-        self.truncate_start = truncate_start
+    q: float = 0.7
+    truncate_below: float | None = None
+    truncate_start: int = 0
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         self._epoch0 = int(state.get(EPOCHS_KEY, 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -12,6 +13,7 @@ from clients.learners.losses import sce_loss
 
 
 @LOCAL.register("sce")
+@dataclass(kw_only=True, eq=False)
 class SCE(Learner):
     """``alpha CE + beta RCE`` with ``log 0`` clipped to ``log_zero`` (A = -4, recalled).
 
@@ -20,28 +22,9 @@ class SCE(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
-    def __init__(
-        self,
-        *,
-        alpha: float = 0.1,
-        beta: float = 1.0,
-        log_zero: float = -4.0,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.alpha, self.beta, self.log_zero = alpha, beta, log_zero
+    alpha: float = 0.1
+    beta: float = 1.0
+    log_zero: float = -4.0
 
     def loss(
         self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor

@@ -24,6 +24,7 @@ momentum 0.5 with a cosine schedule (the global update is plain FedAvg).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -37,6 +38,7 @@ from fedsim.data import to_float
 
 
 @LOCAL.register("semifl")
+@dataclass(kw_only=True, eq=False)
 class SemiFL(Learner):
     """SemiFL's client: one-shot pseudo-labelling with the received model, fix + mix losses.
 
@@ -54,37 +56,19 @@ class SemiFL(Learner):
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "semi"})
 
-    def __init__(
-        self,
-        *,
-        threshold: float = 0.95,
-        mix: bool = True,
-        mix_alpha: float = 0.75,
-        equal_weights: bool = True,
-        num_ops: int = 2,
-        magnitude: int = 10,
-        ra_group: int = 1,
-        flip: bool = True,
-        pad: int = 4,
-        epochs: int = 5,
-        batch_size: int = 10,
-        optimizer: str = "sgd",
-        lr: float = 0.03,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.threshold, self.mix, self.mix_alpha = threshold, mix, mix_alpha
-        self.equal_weights = equal_weights
-        self.num_ops, self.magnitude, self.ra_group = num_ops, magnitude, ra_group
-        self.flip, self.pad = flip, pad
+    threshold: float = 0.95
+    mix: bool = True
+    mix_alpha: float = 0.75
+    equal_weights: bool = True
+    num_ops: int = 2
+    magnitude: int = 10
+    ra_group: int = 1
+    flip: bool = True
+    pad: int = 4
+    epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.03
+    weight_decay: float = 5e-4
 
     # ---- pseudo-labelling, once per round ----------------------------------------------------
     @torch.no_grad()

@@ -17,6 +17,7 @@ State kept across rounds: the weights table, the unreliable mask and the epoch c
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -54,36 +55,17 @@ def move_unreliable(
 
 
 @LOCAL.register("upllrs")
+@dataclass(kw_only=True, eq=False)
 class UPLLRS(Learner):
     """See the module docstring."""
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "partial"})
 
-    def __init__(
-        self,
-        *,
-        warmup: int = 2,
-        gamma: float = 0.03,
-        max_unreliable: float = 0.3,
-        threshold: float = 0.95,
-        unlabeled_weight: float = 1.0,
-        epochs: int = 1,
-        batch_size: int = 32,
-        optimizer: str = "sgd",
-        lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 0.0,
-    ) -> None:
-        super().__init__(
-            epochs=epochs,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-        )
-        self.warmup, self.gamma, self.max_unreliable = warmup, gamma, max_unreliable
-        self.threshold, self.unlabeled_weight = threshold, unlabeled_weight
+    warmup: int = 2
+    gamma: float = 0.03
+    max_unreliable: float = 0.3
+    threshold: float = 0.95
+    unlabeled_weight: float = 1.0
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         device = next(model.parameters()).device
