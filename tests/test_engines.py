@@ -102,11 +102,83 @@ def test_worker_turns_a_client_exception_into_an_error_reply() -> None:
     assert err.metadata.reply_to_message_id == "id-6"
 
 
-def test_chunks_split_evenly() -> None:
-    from fedsim.engine.fast import _split
+def test_guided_chunks_shrink_to_one_client() -> None:
+    from fedsim.engine.fast import guided_chunks
 
-    assert [len(r) for r in _split(10, 8)] == [2, 2, 1, 1, 1, 1, 1, 1]
-    assert [len(r) for r in _split(50, 8)] == [7, 7, 6, 6, 6, 6, 6, 6]
-    parts = _split(1000, 8)
-    assert [len(r) for r in parts] == [125] * 8
-    assert [i for r in parts for i in r] == list(range(1000))  # contiguous, in order, complete
+    # 50 clients, 2 actors, divisor 2*2=4: ceil(50/4)=13, ceil(37/4)=10, ceil(27/4)=7, ...
+    assert guided_chunks(50, 2, 2) == [13, 10, 7, 5, 4, 3, 2, 2, 1, 1, 1, 1]
+    assert guided_chunks(10, 2, 2) == [3, 2, 2, 1, 1, 1]
+    assert guided_chunks(3, 4, 2) == [1, 1, 1]
+    assert guided_chunks(0, 2, 2) == []
+    assert guided_chunks(7, 1, 1) == [7]  # one actor, one call per round
+    for n, actors, per in [(1000, 2, 2), (200, 3, 4), (17, 8, 1)]:
+        sizes = guided_chunks(n, actors, per)
+        assert sum(sizes) == n and sizes == sorted(sizes, reverse=True) and sizes[-1] == 1
+    with pytest.raises(ValueError):
+        guided_chunks(5, 0, 2)
+
+
+def test_replies_travel_as_numpy_views_and_come_back_as_bytes() -> None:
+    import pickle
+
+    import numpy as np
+    from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedsim.engine.worker import from_wire, to_wire
+    from fedsim.records import array_record
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    state = {"w": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.ones(3, np.int64)}
+    msg = Message(
+        RecordDict({"arrays": array_record(state), "metrics": MetricRecord({"n": 3})}),
+        dst_node_id=5,
+        message_type="train",
+    )
+    original = {k: v.data for k, v in msg.content.array_records["arrays"].items()}
+    to_wire(msg)
+    assert all(isinstance(a.data, np.ndarray) for a in msg.content.array_records["arrays"].values())
+    back = pickle.loads(pickle.dumps(msg, protocol=5))
+    from_wire(back)
+    arrays: ArrayRecord = back.content.array_records["arrays"]
+    assert {k: v.data for k, v in arrays.items()} == original
+    assert all(type(v.data) is bytes for v in arrays.values())
+    np.testing.assert_array_equal(arrays["w"].numpy(), state["w"])
+    np.testing.assert_array_equal(arrays["b"].numpy(), state["b"])
+
+
+class _WaitingGrid:
+    """A grid stub whose replies arrive only through ``wait_for_replies`` (as FastGrid's)."""
+
+    def __init__(self, replies_after_waits: int) -> None:
+        self.waits = 0
+        self.after = replies_after_waits
+        self.ids: list[str] = []
+
+    def push_messages(self, messages: list[object]) -> list[str]:
+        self.ids = [f"m{i}" for i in range(len(messages))]
+        return self.ids
+
+    def pull_messages(self, ids: list[str]) -> list[object]:
+        if self.waits < self.after:
+            return []
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=i)) for i in ids]
+
+    def wait_for_replies(self, timeout: float) -> None:
+        assert 0 < timeout <= 0.1
+        self.waits += 1
+
+
+def test_exchange_blocks_on_a_grid_that_can_wait() -> None:
+    import time
+
+    from server.messaging import exchange
+
+    grid = _WaitingGrid(replies_after_waits=3)
+    t0 = time.monotonic()
+    replies = exchange(grid, ["a", "b"], timeout=5.0)  # type: ignore[arg-type]
+    assert grid.waits == 3  # waited, rather than slept, until the replies came
+    assert time.monotonic() - t0 < 1.0
+    assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1"]  # in message order

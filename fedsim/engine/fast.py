@@ -59,12 +59,12 @@ class FastGrid(Grid):
     contexts
         One Context per node id (the node's ``partition-id`` in its node config).
     chunks_per_actor
-        A round's messages are cut into about this many calls per actor (load balancing vs. per-call
-        overhead); idle actors take the next chunk.
+        Each call takes ``1 / (chunks_per_actor * actors)`` of the round's clients not yet handed
+        out (see :func:`guided_chunks`); an idle actor takes the next call.
     """
 
     def __init__(
-        self, actors: list[Any], contexts: dict[int, Context], chunks_per_actor: int = 4
+        self, actors: list[Any], contexts: dict[int, Context], chunks_per_actor: int = 2
     ) -> None:
         self._actors = list(actors)
         # Two calls queued per actor: an actor that finishes a chunk starts the next one at once
@@ -109,10 +109,8 @@ class FastGrid(Grid):
             msg.metadata.__dict__["_message_id"] = str(uuid4())
             self._queue.append(msg)
             ids.append(msg.metadata.message_id)
-        # Cut the queue into about chunks_per_actor equal calls per actor (at least one client each).
-        workers = max(1, len(self._actors))
-        n_chunks = min(len(self._queue), workers * self._chunks_per_actor)
-        self._chunk_sizes = deque(len(c) for c in _split(len(self._queue), max(1, n_chunks)))
+        sizes = guided_chunks(len(self._queue), max(1, len(self._actors)), self._chunks_per_actor)
+        self._chunk_sizes = deque(sizes)
         self._dispatch()
         return ids
 
@@ -135,6 +133,14 @@ class FastGrid(Grid):
                 self._collect(block=0.05)
         return replies
 
+    def wait_for_replies(self, timeout: float) -> None:
+        """Block until a call in flight ends or ``timeout`` seconds pass (not in Flower's Grid
+        API; :func:`server.messaging.exchange` uses it instead of polling)."""
+        if not self._inflight:  # nothing can arrive: do not spin
+            time.sleep(timeout)
+            return
+        self._collect(block=timeout)
+
     # -- scheduling -------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         while self._queue and self._idle:
@@ -149,11 +155,19 @@ class FastGrid(Grid):
         import ray
         from flwr.common.constant import ErrorCode
 
+        from fedsim.engine.worker import from_wire
+
         if not self._inflight:
             return
-        ready, _ = ray.wait(list(self._inflight), num_returns=len(self._inflight), timeout=block)
-        if not ready and block:
-            ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=block)
+        refs = list(self._inflight)
+        # Wake at the first call that ends, then take every other one already done. (Asking
+        # ray.wait for all of them with a timeout returns only at the timeout when the results
+        # sit in the object store: about 50 ms late at each round's end.)
+        ready = refs
+        if block:
+            ready, _ = ray.wait(refs, num_returns=1, timeout=block)
+        if ready:
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         done = [(ref, *self._inflight.pop(ref)) for ref in ready]
         for _, actor, _ in done:  # an actor that finished takes its next chunk before we unpack
             self._idle.append(actor)
@@ -175,19 +189,30 @@ class FastGrid(Grid):
                 for r, _ in results:
                     r.metadata.__dict__["_message_id"] = str(uuid4())
             for reply, context in results:
+                from_wire(reply)
                 self._contexts[reply.metadata.src_node_id] = context
                 self._replies[reply.metadata.reply_to_message_id] = reply
 
 
-def _split(n: int, k: int) -> list[range]:
-    """``range(n)`` cut into ``k`` contiguous parts whose sizes differ by at most one."""
-    q, r = divmod(n, k)
-    out, start = [], 0
-    for i in range(k):
-        size = q + (1 if i < r else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
+def guided_chunks(n: int, actors: int, chunks_per_actor: int) -> list[int]:
+    """Call sizes for ``n`` clients on ``actors`` actors, by guided self-scheduling: each call
+    takes ``ceil(remaining / (chunks_per_actor * actors))`` clients, so calls shrink toward a
+    single client and the actors end a round within about one client of each other.
+
+    >>> guided_chunks(50, 2, 2)
+    [13, 10, 7, 5, 4, 3, 2, 2, 1, 1, 1, 1]
+    """
+    if n < 0 or actors < 1 or chunks_per_actor < 1:
+        raise ValueError(
+            f"guided_chunks({n}, {actors}, {chunks_per_actor}): need n >= 0, others >= 1"
+        )
+    sizes: list[int] = []
+    left = n
+    while left:
+        size = -(-left // (chunks_per_actor * actors))
+        sizes.append(size)
+        left -= size
+    return sizes
 
 
 def _dataset_payload(cfg: DictConfig) -> dict[str, Any]:
@@ -330,7 +355,7 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
             for pid, nid in enumerate(node_ids)
         }
         grid = FastGrid(
-            actors, contexts, chunks_per_actor=int(cfg.engine.get("chunks_per_actor", 4))
+            actors, contexts, chunks_per_actor=int(cfg.engine.get("chunks_per_actor", 2))
         )
         context = Context(
             run_id=run_id,
