@@ -182,3 +182,24 @@ def test_sgd_matches_torch_optim_sgd() -> None:
             opt.step()
     for p, q in zip(a.parameters(), b.parameters(), strict=True):
         assert torch.equal(p, q)
+
+
+def test_array_from_numpy_writes_flowers_npy_bytes() -> None:
+    import numpy as np
+    from flwr.app import Array
+
+    from fedsim.records import array_from_numpy, to_numpy
+
+    cases = [
+        np.array(3.5, dtype=np.float32),  # 0-d
+        np.arange(12, dtype=np.int64).reshape(3, 4),
+        np.linspace(0, 1, 15, dtype=np.float16).reshape(5, 3),
+        np.zeros((0, 4), np.float32),
+        np.array([True, False]),
+        np.arange(20)[::2],  # strided view
+    ]
+    for a in cases:
+        ours, flowers = array_from_numpy(a), Array(a)
+        assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
+        assert ours.data == flowers.data
+        np.testing.assert_array_equal(to_numpy(ours), a)
