@@ -35,7 +35,8 @@ def exchange(
 
     A grid with a ``wait_for_replies(timeout)`` method (``engine=fast``'s) is waited on, so that
     a reply is taken the moment it arrives. Other grids are polled quickly at first (replies of
-    small clients come within milliseconds), backing off to 0.1 s. Raises :class:`EngineStopped` if :data:`ENGINE_STOP` is set meanwhile.
+    small clients come within milliseconds), backing off to 0.1 s. Raises
+    :class:`EngineStopped` if :data:`ENGINE_STOP` is set meanwhile.
     """
     ids = [mid for mid in grid.push_messages(messages)]
     index = {mid: i for i, mid in enumerate(ids) if mid}

@@ -174,11 +174,17 @@ class _WaitingGrid:
 def test_exchange_blocks_on_a_grid_that_can_wait() -> None:
     import time
 
-    from server.messaging import exchange
+    from server.messaging import ENGINE_STOP, exchange
 
+    was_stopped = ENGINE_STOP.is_set()  # an engine run earlier in this process sets it
+    ENGINE_STOP.clear()
     grid = _WaitingGrid(replies_after_waits=3)
     t0 = time.monotonic()
-    replies = exchange(grid, ["a", "b"], timeout=5.0)  # type: ignore[arg-type]
+    try:
+        replies = exchange(grid, ["a", "b"], timeout=5.0)  # type: ignore[arg-type]
+    finally:
+        if was_stopped:
+            ENGINE_STOP.set()
     assert grid.waits == 3  # waited, rather than slept, until the replies came
     assert time.monotonic() - t0 < 1.0
     assert [r.metadata.reply_to_message_id for r in replies] == ["m0", "m1"]  # in message order

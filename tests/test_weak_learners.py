@@ -130,7 +130,7 @@ def test_capability_flags() -> None:
 def _round(cfg: Any, pid: int, server_round: int, context: Context | None) -> tuple[Any, Context]:
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedsim.engine.worker import ClientWorker
+    from fedsim.engine.worker import ClientWorker, from_wire
     from fedsim.records import array_record, torch_state
 
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
@@ -154,6 +154,7 @@ def _round(cfg: Any, pid: int, server_round: int, context: Context | None) -> tu
             run_config=to_run_config(cfg),
         )
     ((reply, ctx),) = ClientWorker().run_batch([(msg, context)])
+    from_wire(reply)  # what FastGrid does with each reply
     assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
     return torch_state(reply.content.array_records["arrays"]), ctx
 

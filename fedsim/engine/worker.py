@@ -113,7 +113,10 @@ class ClientWorker:
         return True
 
     def run_batch(self, batch: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Handle each message with the ClientApp; an exception becomes an error reply."""
+        """Handle each message with the ClientApp; an exception becomes an error reply.
+
+        The replies come back in wire form (:func:`to_wire`): apply :func:`from_wire` to each
+        before use, as :class:`~fedsim.engine.fast.FastGrid` does."""
         from flwr.common.constant import ErrorCode
 
         self._setup()
