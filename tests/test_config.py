@@ -134,6 +134,10 @@ def test_clients_per_round_as_fraction() -> None:
         (["rounds=0"], r"invalid rounds=0: allowed an integer >= 1"),
         (["num_clients=0"], r"invalid num_clients=0"),
         (["engine.client_gpus=1.5"], r"invalid engine.client_gpus=1.5"),
+        (
+            ["engine.chunks_per_actor=0"],
+            r"invalid engine.chunks_per_actor=0: allowed an integer >= 1",
+        ),
         (["device=tpu"], r"invalid device='tpu'"),
         (["longtail_rho=0.5"], r"invalid longtail_rho=0.5"),
         (

@@ -32,6 +32,9 @@ from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
 
+#: Used when ``engine.chunks_per_actor`` is absent (conf/engine/fast.yaml sets it).
+DEFAULT_CHUNKS_PER_ACTOR = 2
+
 
 def pool_size(client_cpus: float, client_gpus: float) -> int:
     """Actors that fit in the Ray cluster: per node min(CPUs/client_cpus, GPUs/client_gpus)."""
@@ -64,7 +67,10 @@ class FastGrid(Grid):
     """
 
     def __init__(
-        self, actors: list[Any], contexts: dict[int, Context], chunks_per_actor: int = 2
+        self,
+        actors: list[Any],
+        contexts: dict[int, Context],
+        chunks_per_actor: int = DEFAULT_CHUNKS_PER_ACTOR,
     ) -> None:
         self._actors = list(actors)
         # Two calls queued per actor: an actor that finishes a chunk starts the next one at once
@@ -136,8 +142,12 @@ class FastGrid(Grid):
     def wait_for_replies(self, timeout: float) -> None:
         """Block until a call in flight ends or ``timeout`` seconds pass (not in Flower's Grid
         API; :func:`server.messaging.exchange` uses it instead of polling)."""
-        if not self._inflight:  # nothing can arrive: do not spin
-            time.sleep(timeout)
+        if not self._inflight:
+            # Nothing can arrive (every reply already came in): wait for the engine to stop
+            # rather than spin, ending as soon as it does.
+            from server.messaging import ENGINE_STOP
+
+            ENGINE_STOP.wait(timeout)
             return
         self._collect(block=timeout)
 
@@ -355,7 +365,9 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
             for pid, nid in enumerate(node_ids)
         }
         grid = FastGrid(
-            actors, contexts, chunks_per_actor=int(cfg.engine.get("chunks_per_actor", 2))
+            actors,
+            contexts,
+            chunks_per_actor=int(cfg.engine.get("chunks_per_actor", DEFAULT_CHUNKS_PER_ACTOR)),
         )
         context = Context(
             run_id=run_id,
