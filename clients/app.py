@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from clients import fal
 from clients.attacks.client import attack_step
@@ -71,6 +71,7 @@ class ClientRuntime:
     learners: dict[str, Learner] = field(default_factory=dict)
     last_arrays: tuple[Any, dict[str, torch.Tensor]] | None = None
     targets: dict[str, torch.Tensor] | None = None
+    faults: dict[str, Any] | None = None  # cfg.faults as plain lists (DictConfig reads cost)
 
     def data(self, pid: int) -> ClientData:
         """Client ``pid``'s data (indexed out of the shared arrays once)."""
@@ -149,12 +150,21 @@ def client_runtime(context: Context) -> ClientRuntime:
             model=model.to(device),
             learner_name=name,
             learner=build_learner(name, {k: v for k, v in cfg.local.items() if k != "name"}),
+            faults=_plain(cfg.get("faults")),
         )
         _RUNTIMES.clear()
         _RUNTIMES[key] = rt
     if torch.get_num_threads() != rt.threads:
         torch.set_num_threads(rt.threads)
     return rt
+
+
+def _plain(node: Any) -> dict[str, Any] | None:
+    """A config block as plain Python containers (None when absent or empty)."""
+    if not node:
+        return None
+    plain = OmegaConf.to_container(node, resolve=True) if isinstance(node, DictConfig) else node
+    return dict(plain)  # type: ignore[arg-type]
 
 
 def partition_id(context: Context, rt: ClientRuntime) -> int:
@@ -214,7 +224,7 @@ def train(msg: Message, context: Context) -> Message:
     pid = partition_id(context, rt)
     config = msg.content.config_records[CONFIG_KEY]
     server_round = int(config[SERVER_ROUND_KEY])  # type: ignore[arg-type]
-    fault = fault_for(rt.cfg.get("faults"), pid, server_round)
+    fault = fault_for(rt.faults, pid, server_round)
     if fault == "raise":
         raise InjectedFault(f"client {pid} fails in round {server_round} (faults.raise_clients)")
     data = fal.training_data(context, rt.data(pid))  # FAL: the labeled pool only

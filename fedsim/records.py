@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.app.message.recorddict import _SyncedDict
 
 NUMPY_STYPE = "numpy.ndarray"
 _MAGIC = b"\x93NUMPY"
 _HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
-_DTYPE_NAMES: dict[np.dtype, str] = {}
+_DTYPE_NAMES: dict[np.dtype[Any], str] = {}
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -42,20 +43,42 @@ def _npy_header(a: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def array_from_numpy(a: np.ndarray) -> Array:
-    """An :class:`~flwr.app.Array` equal to ``Array(a)``, built without ``np.save``."""
-    name = _DTYPE_NAMES.get(a.dtype)
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """``str(dtype)``, cached (numpy computes it in microseconds each time)."""
+    name = _DTYPE_NAMES.get(dtype)
     if name is None:
-        name = _DTYPE_NAMES[a.dtype] = str(a.dtype)  # str(dtype) costs microseconds
-    return Array(dtype=name, shape=tuple(a.shape), stype=NUMPY_STYPE, data=npy_bytes(a))
+        name = _DTYPE_NAMES[dtype] = str(dtype)
+    return name
+
+
+def array_from_numpy(a: np.ndarray) -> Array:
+    """An :class:`~flwr.app.Array` equal to ``Array(a)``, built without ``np.save``.
+
+    The fields are set as ``Array(dtype=, shape=, stype=, data=)`` leaves them (a new Array is
+    dirty), without its argument dispatch and per-field change tracking: 3 µs instead of 13.
+    """
+    arr = Array.__new__(Array)
+    arr.__dict__.update(
+        _is_dirty=True,
+        dtype=dtype_name(a.dtype),
+        shape=tuple(a.shape),
+        stype=NUMPY_STYPE,
+        data=npy_bytes(a),
+    )
+    return arr
 
 
 def array_record(state: Mapping[str, torch.Tensor | np.ndarray]) -> ArrayRecord:
     """An ArrayRecord of a torch ``state_dict`` (or a dict of arrays), in the same order."""
-    record = ArrayRecord()  # items are set one by one: ArrayRecord(dict) would copy every Array
+    record = ArrayRecord()  # ArrayRecord(dict) would copy every Array
+    items = record.__dict__["_data"]  # str keys and Arrays: what record[k] = ... checks
     for k, v in state.items():
         arr = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        record[k] = array_from_numpy(arr)
+        if isinstance(k, str):
+            items[k] = array_from_numpy(arr)
+        else:
+            record[k] = array_from_numpy(arr)  # raises Flower's TypeError
+    record.__dict__["_is_dirty"] = True
     return record
 
 
@@ -98,3 +121,39 @@ class DecodedArray(Array):
 def torch_state(record: ArrayRecord) -> dict[str, torch.Tensor]:
     """A torch state dict of ``record`` (tensors own their memory)."""
     return {k: torch.from_numpy(np.array(to_numpy(v))) for k, v in record.items()}
+
+
+class FastViews(RecordDict):
+    """A RecordDict whose ``array_records``, ``metric_records`` and ``config_records`` views
+    are built without re-checking each record's type one call at a time.
+
+    Flower builds a fresh synced view on every access, at 15-45 µs each, and its strategies read
+    them several times per reply: with hundreds of replies a round this was a quarter of the
+    server's time. The views here are the same Flower objects holding the same records (writes
+    through them still reach the RecordDict), built in about 2 µs.
+    """
+
+    def _view(self, kind: type[Any]) -> Any:
+        view = _SyncedDict(self, kind)
+        view.__dict__["_data"].update(
+            (k, r) for k, r in self.__dict__["_data"].items() if isinstance(r, kind)
+        )
+        return view
+
+    @property
+    def array_records(self) -> Any:
+        return self._view(ArrayRecord)
+
+    @property
+    def metric_records(self) -> Any:
+        return self._view(MetricRecord)
+
+    @property
+    def config_records(self) -> Any:
+        return self._view(ConfigRecord)
+
+    @classmethod
+    def adopt(cls, content: RecordDict) -> None:
+        """Give ``content`` (a plain RecordDict) the fast views, in place."""
+        if type(content) is RecordDict:
+            content.__class__ = cls

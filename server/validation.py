@@ -6,7 +6,7 @@ import numpy as np
 from flwr.app import ArrayRecord, Message
 
 from fedsim.constants import ARRAYS_KEY, NUM_EXAMPLES_KEY
-from fedsim.records import to_numpy
+from fedsim.records import dtype_name, to_numpy
 
 
 def check_train_reply(
@@ -21,12 +21,12 @@ def check_train_reply(
     if reply.has_error():
         return f"client error: {reply.error.reason}", {}
     content = reply.content
-    if ARRAYS_KEY not in content.array_records:
+    records = content.array_records  # Flower builds these views anew on each access
+    if ARRAYS_KEY not in records:
         return f"reply has no {ARRAYS_KEY!r} ArrayRecord", {}
-    metrics = content.metric_records
-    if not any(NUM_EXAMPLES_KEY in m for m in metrics.values()):
+    if not any(NUM_EXAMPLES_KEY in m for m in content.metric_records.values()):
         return f"reply has no {NUM_EXAMPLES_KEY!r} metric", {}
-    arrays = content.array_records[ARRAYS_KEY]
+    arrays = records[ARRAYS_KEY]
     if list(arrays.keys()) != list(reference.keys()):
         return (
             f"reply has {len(arrays)} arrays named differently from the model's {len(reference)}",
@@ -44,7 +44,7 @@ def check_train_reply(
             values = to_numpy(arr)
         except Exception as ex:  # undecodable bytes
             return f"array {name!r} cannot be decoded: {ex}", {}
-        if tuple(values.shape) != tuple(ref.shape) or str(values.dtype) != ref.dtype:
+        if tuple(values.shape) != tuple(ref.shape) or dtype_name(values.dtype) != ref.dtype:
             return (
                 f"array {name!r} holds {values.dtype}{list(values.shape)}, not what it declares",
                 {},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -184,7 +184,8 @@ class FLWorkflow:
         def check(i: int, reply: Message) -> None:  # as replies arrive, while others train
             problem, decoded = check_train_reply(reply, arrays)
             if problem is None:  # hand the strategy arrays it need not decode again
-                for name, arr in reply.content.array_records[C.ARRAYS_KEY].items():
+                record = cast(ArrayRecord, reply.content[C.ARRAYS_KEY])  # checked above
+                for name, arr in record.items():
                     DecodedArray.adopt(arr, decoded[name])
             problems[i] = problem
 

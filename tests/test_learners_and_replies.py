@@ -203,3 +203,71 @@ def test_array_from_numpy_writes_flowers_npy_bytes() -> None:
         assert (ours.dtype, ours.shape, ours.stype) == (flowers.dtype, flowers.shape, flowers.stype)
         assert ours.data == flowers.data
         np.testing.assert_array_equal(to_numpy(ours), a)
+
+
+def test_fast_arrays_and_records_equal_flowers() -> None:
+    import numpy as np
+    import pytest
+    import torch
+    from flwr.app import Array, ArrayRecord
+
+    from fedsim.records import array_from_numpy, array_record
+
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    assert vars(array_from_numpy(a)) == vars(Array(a))  # same fields, dirty as a new Array
+    state = {"w": torch.ones(2, 2), "b": torch.zeros(3, dtype=torch.int64)}
+    ours = array_record(state)
+    flowers = ArrayRecord({k: Array(v.numpy()) for k, v in state.items()})
+    assert list(ours) == list(flowers) == ["w", "b"]
+    assert all(vars(ours[k]) == vars(flowers[k]) for k in state)
+    assert ours.is_dirty
+    ours["c"] = Array(np.ones(1))  # still an ordinary, writable ArrayRecord
+    assert list(ours) == ["w", "b", "c"]
+    with pytest.raises(TypeError):
+        array_record({3: np.ones(2)})  # type: ignore[dict-item]
+
+
+def test_fast_record_views_hold_what_flowers_hold_and_write_through() -> None:
+    import numpy as np
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+    from fedsim.records import FastViews
+
+    def content() -> RecordDict:
+        return RecordDict(
+            {
+                "m": MetricRecord({"n": 3}),
+                "a": ArrayRecord({"w": Array(np.ones(2))}),
+                "c": ConfigRecord({"k": "v"}),
+                "m2": MetricRecord({"x": 1.0}),
+            }
+        )
+
+    plain, fast = content(), content()
+    FastViews.adopt(fast)
+    assert type(fast) is FastViews and isinstance(fast, RecordDict)
+    for view in ("array_records", "metric_records", "config_records"):
+        got, want = getattr(fast, view), getattr(plain, view)
+        assert list(got) == list(want) and dict(got) == dict(want)
+        assert type(got) is type(want)
+    fast.metric_records["new"] = MetricRecord({"y": 2.0})  # a write through a view reaches it
+    assert "new" in fast and "new" in fast.metric_records
+    del fast.array_records["a"]
+    assert "a" not in fast and not fast.array_records
+    FastViews.adopt(fast)  # idempotent
+    assert type(fast) is FastViews
+
+
+def test_plain_fault_lists_select_the_same_faults() -> None:
+    from clients.app import _plain
+    from clients.faults import fault_for
+    from fedsim.config import compose
+
+    cfg = compose(["faults.nan_clients=[2]", "faults.rounds=[3]"])
+    plain = _plain(cfg.faults)
+    assert isinstance(plain, dict) and plain["nan_clients"] == [2]
+    for pid in range(4):
+        for rnd in (1, 3):
+            assert fault_for(plain, pid, rnd) == fault_for(cfg.faults, pid, rnd)
+    assert fault_for(plain, 2, 3) == "nan"
+    assert _plain(None) is None

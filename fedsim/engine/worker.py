@@ -4,6 +4,7 @@ resident and runs many virtual clients per call."""
 from __future__ import annotations
 
 import copy
+import gc
 import traceback
 import warnings
 from typing import Any
@@ -29,9 +30,13 @@ def to_wire(message: Message) -> None:
 
 
 def from_wire(message: Message) -> None:
-    """Undo :func:`to_wire`: each array's data is ``bytes`` again, as Flower expects."""
+    """Undo :func:`to_wire`: each array's data is ``bytes`` again, as Flower expects. The
+    content gets fast record views (:class:`~fedsim.records.FastViews`) for the server."""
+    from fedsim.records import FastViews
+
     if not message.has_content():
         return
+    FastViews.adopt(message.content)
     for record in message.content.array_records.values():
         for arr in record.values():
             if isinstance(arr.data, np.ndarray):
@@ -110,6 +115,9 @@ class ClientWorker:
                 generator=torch.Generator().manual_seed(0),
                 state={},
             )
+        # What was built so far lives as long as the worker: keep full collections from
+        # traversing it again and again during the rounds.
+        gc.freeze()
         return True
 
     def run_batch(self, batch: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
