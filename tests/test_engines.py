@@ -211,3 +211,15 @@ def test_fast_grid_with_nothing_in_flight_waits_for_the_stop_signal() -> None:
     finally:
         if not was_stopped:
             ENGINE_STOP.clear()
+
+
+def test_ray_init_args_inline_results_only_on_a_local_ray() -> None:
+    from fedsim.engine import ray_init_args
+
+    local = ray_init_args({"num_cpus": 2, "inline_bytes": 4194304}, verbose=False)
+    assert local["num_cpus"] == 2
+    assert local["_system_config"]["max_direct_call_object_size"] == 4194304
+    assert local["_system_config"]["task_rpc_inlined_bytes_limit"] >= 4194304
+    joined = ray_init_args({"ray_address": "auto", "inline_bytes": 4194304}, verbose=False)
+    assert "_system_config" not in joined  # a running cluster keeps its own settings
+    assert "_system_config" not in ray_init_args({"inline_bytes": None}, verbose=False)
