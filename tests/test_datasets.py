@@ -160,3 +160,18 @@ def test_idx_reader_matches_torchvision(tmp_path: Path) -> None:
     (raw / IDX_FILES[3]).write_bytes(b"\x00\x00\x09\x01" + b"\x00" * 8)
     with pytest.raises(ConfigError, match="not an idx file"):
         read_idx_split(str(raw))
+
+
+def test_channel_stats_from_histograms() -> None:
+    import torch
+
+    from fedsim.data.datasets import _channel_stats
+
+    half = torch.tensor([0, 255], dtype=torch.uint8).reshape(2, 1, 1, 1)
+    assert _channel_stats(half) == ((0.5,), (0.5,))  # values 0 and 1: mean 1/2, std 1/2
+    x = torch.randint(0, 256, (7, 3, 5, 4), generator=torch.Generator().manual_seed(0))
+    x = x.to(torch.uint8)
+    mean, std = _channel_stats(x)
+    ref = x.to(torch.float64).div(255).transpose(0, 1).reshape(3, -1)
+    assert mean == pytest.approx(ref.mean(dim=1).tolist(), abs=1e-12)
+    assert std == pytest.approx(ref.std(dim=1, unbiased=False).tolist(), abs=1e-12)
