@@ -380,7 +380,7 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
         )
         # Everything built so far (modules, data, Ray's state) lives for the whole run: moved
         # out of the collector's sight, it is not traversed again by each full collection (one
-        # took 160-190 ms of the server's time, stalling a round's end, at 200 clients).
+        # took 159 ms of the server's time in round 3 at 200 clients, stalling the round's end).
         gc.freeze()
         frozen = True
         server_app(grid, context)
