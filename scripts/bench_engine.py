@@ -17,7 +17,9 @@ Columns:
 - ``peak RSS GiB``: peak of the summed proportional set size (PSS) of the run's process tree
   (driver, Ray's daemons, workers), sampled every ``--mem-interval`` seconds (default 2: reading
   PSS costs about 10 ms of kernel time per process, so sampling more often slows the run measured);
-- ``x bound``: s/round divided by the compute bound's s/round.
+- ``x bound``: s/round divided by the compute bound's s/round, measured right before and right
+  after that run (their mean: this machine's speed drifts from minute to minute); the compute
+  bound row shows the mean of all its measurements in a repetition.
 
 The **parallel bound** row (skip it with ``--no-parallel-bound``) runs each worker's share of the
 clients in its own plain process, all at once, with no framework: the per-round time the
@@ -335,16 +337,25 @@ def main() -> None:
                 got["parallel bound"] = {"startup": None, "per_round": par, "peak_gib": None}
                 print(f"{w}: parallel bound {par:.3f} s/round ({par / bound:.2f}x)", flush=True)
             order = list(args.engines) if rep % 2 == 0 else list(reversed(args.engines))
+            bounds = [bound]
+            for r in got.values():
+                r["x_bound"] = r["per_round"] / bound
             for engine in order:
                 r = measure(clients, samples, engine, args)
+                # The bound again right after the engine: its ratio is taken against the mean
+                # of the bounds measured just before and just after it.
+                after = compute_bound(clients, samples, args)
+                ref = (bounds[-1] + after) / 2
+                bounds.append(after)
+                r["x_bound"] = r["per_round"] / ref
                 got[engine] = r
                 print(
                     f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
-                    f"({r['per_round'] / bound:.2f}x bound), peak {r['peak_gib']:.2f} GiB",
+                    f"({r['x_bound']:.2f}x bound {ref:.3f}: {bounds[-2]:.3f} before, "
+                    f"{after:.3f} after), peak {r['peak_gib']:.2f} GiB",
                     flush=True,
                 )
-            for r in got.values():
-                r["x_bound"] = r["per_round"] / bound
+            got["compute bound"]["per_round"] = sum(bounds) / len(bounds)
             reps.append(got)
         rows.extend(summarise(w, reps))
     table = render(rows, args)
