@@ -46,12 +46,25 @@ def _metrics(tmp: Path, engine: str, overrides: list[str]) -> list[dict]:
     ids=["fedavgm", "partial-labels-proden"],
 )
 def test_fast_and_flower_engines_give_identical_metrics(
-    tmp_path: Path, overrides: list[str]
+    tmp_path: Path, overrides: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gc
 
+    import server.app
+
+    frozen_while_serving: list[int] = []
+    serve = server.app.app
+
+    def watched(grid: object, context: object) -> None:
+        frozen_while_serving.append(gc.get_freeze_count())
+        serve(grid, context)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(server.app, "app", watched)
     fast = _metrics(tmp_path, "fast", overrides)
-    assert gc.get_freeze_count() == 0  # the engine froze start-up objects for the rounds only
+    # start-up objects are frozen out of the collector during the rounds, and only then
+    assert len(frozen_while_serving) == 1 and frozen_while_serving[0] > 0
+    assert gc.get_freeze_count() == 0
+    monkeypatch.undo()
     flower = _metrics(tmp_path, "flower", overrides)
     assert len(fast) == int(overrides[0].split("=")[1])
     assert fast == flower
