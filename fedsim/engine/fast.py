@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import random
-import sys
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -28,7 +26,8 @@ from flwr.serverapp import Grid
 from omegaconf import DictConfig
 
 from fedsim.config import to_run_config
-from fedsim.engine import ENGINES, ray_init_args
+from fedsim.engine import ENGINES
+from fedsim.engine.localray import start_ray, stop_ray
 from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
@@ -240,32 +239,8 @@ def _dataset_payload(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _ray_init(cfg: DictConfig) -> bool:
-    """Start (or join) Ray; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # Workers import fedsim from the driver's sys.path (as Flower's Ray backend does).
-    pythonpath = os.pathsep.join(p for p in sys.path if p)
-    if os.environ.get("PYTHONPATH"):
-        pythonpath = f"{pythonpath}{os.pathsep}{os.environ['PYTHONPATH']}"
-    args = ray_init_args(cfg.engine, verbose=bool(cfg.get("verbose")))
-    if "address" in args:  # joining a cluster: its workers get the path through the runtime env
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": pythonpath}}, **args)
-        return True
-    # A local Ray's workers inherit the environment of the raylet this call spawns. Passing the
-    # path this way rather than as a runtime env lets the actors take the workers Ray prestarts
-    # at ray.init (a job runtime env makes Ray start new ones for it: about 1.5-3 s at start-up).
-    saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = pythonpath
-    try:
-        ray.init(**args)
-    finally:
-        if saved is None:
-            del os.environ["PYTHONPATH"]
-        else:
-            os.environ["PYTHONPATH"] = saved
-    return True
+    """Start (or join) Ray for ``cfg``; True when this call did (see :func:`start_ray`)."""
+    return start_ray(cfg.engine, verbose=bool(cfg.get("verbose")))
 
 
 class Prestart:
@@ -318,7 +293,7 @@ class Prestart:
             ray.kill(a)
         self.actors = []
         if self.started_ray:
-            ray.shutdown()
+            stop_ray()
             self.started_ray = False
 
 

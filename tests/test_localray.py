@@ -1,0 +1,92 @@
+"""The lean local Ray of ``engine=fast`` (``engine.lean_ray``): which processes it starts and
+that it leaves none behind."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from fedsim.engine.localray import lean_node_params, start_ray, stop_ray
+
+#: Command-line fragments of the Python helpers that plain ``ray.init`` starts.
+HELPERS = {
+    "dashboard server": "dashboard/dashboard.py",
+    "autoscaler monitor": "autoscaler/_private/monitor.py",
+    "log monitor": "_private/log_monitor.py",
+}
+
+
+def _session_processes(session_dir: str) -> list[str]:
+    """Command lines of the live processes that name ``session_dir`` (Ray's daemons do)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if session_dir in cmd and state != "Z":
+            found.append(cmd)
+    return found
+
+
+def _start(lean: bool) -> str:
+    import ray
+
+    assert start_ray({"num_cpus": 1, "lean_ray": lean}, verbose=False)
+    session_dir: str = ray._private.worker.global_worker.node.get_session_dir_path()
+    return session_dir
+
+
+def _stopped(session_dir: str) -> list[str]:
+    stop_ray()
+    deadline = time.monotonic() + 15
+    while (left := _session_processes(session_dir)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
+def test_lean_node_params_leave_out_the_helpers_and_keep_the_settings() -> None:
+    args = {
+        "num_cpus": 2,
+        "num_gpus": 1,
+        "_system_config": {"max_direct_call_object_size": 7},
+        "include_dashboard": True,  # never: the lean node has no dashboard server
+        "logging_level": 30,  # a driver setting, not the node's
+    }
+    assert lean_node_params(args) == {
+        "include_dashboard": False,
+        "no_monitor": True,
+        "include_log_monitor": False,
+        "num_cpus": 2,
+        "num_gpus": 1,
+        "_system_config": {"max_direct_call_object_size": 7},
+    }
+
+
+@pytest.mark.parametrize("lean", [True, False])
+def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
+    import ray
+
+    session_dir = _start(lean)
+    try:
+        running = _session_processes(session_dir)
+        assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running)
+        for name, fragment in HELPERS.items():
+            present = any(fragment in c for c in running)
+            assert present is not lean, f"{name} running={present} with lean_ray={lean}"
+
+        @ray.remote
+        def square(x: int) -> int:
+            return x * x
+
+        assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+    finally:
+        left = _stopped(session_dir)
+    assert not left, f"processes left after stop_ray(): {left}"
+    assert not ray.is_initialized()
