@@ -87,8 +87,8 @@ def prepare(cfg: DictConfig) -> None:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Run one simulated federation described by ``cfg``; return its summary.
 
-    Writes the resolved config, the partition histogram and heatmap, then lets the configured
-    engine drive the Flower apps. The ServerApp writes metrics, checkpoints, TensorBoard events,
+    Writes the resolved config and the partition histogram, then lets the configured engine
+    drive the Flower apps; the partition heatmap follows when the engine returns (or fails). The ServerApp writes metrics, checkpoints, TensorBoard events,
     the accuracy plot and ``summary.json`` into ``cfg.output_dir``.
     """
     from fedsim.config import validate_engine
@@ -160,7 +160,7 @@ class _Background:
 
 
 def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
-    from fedsim.data import write_partition_report
+    from fedsim.data import write_partition_heatmap, write_partition_report
     from fedsim.federation import build_federation
 
     prepare(cfg)
@@ -170,7 +170,9 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
     write_text_atomic(run_dir / C.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     fed = build_federation(cfg)
     labels = fed.data.train_y.numpy()
-    write_partition_report(run_dir, labels, list(fed.partitions), fed.data.num_classes)
+    hist = write_partition_report(
+        run_dir, labels, list(fed.partitions), fed.data.num_classes, heatmap=False
+    )
     from fedsim.data.weak_clients import write_label_quality
 
     write_label_quality(run_dir / C.LABEL_QUALITY_CSV, cfg, fed.weak, fed.weak_groups)
@@ -182,10 +184,16 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
         from server.workflow import config_summary
 
         print(f"fedsim: {config_summary(cfg)}\nfedsim: run dir {run_dir}", flush=True)
-    if handle is not None:
-        engine(cfg, handle)
-    else:
-        engine(cfg)
+    try:
+        if handle is not None:
+            engine(cfg, handle)
+        else:
+            engine(cfg)
+    finally:
+        # The heatmap is drawn once the rounds end (the CSV above has the same counts): at
+        # start-up matplotlib's import and the drawing (about 1 CPU-s) would compete with the
+        # workers' start-up, and the accuracy plot imports matplotlib at the end anyway.
+        write_partition_heatmap(run_dir, hist)
     summary_path = run_dir / C.SUMMARY_FILE
     stopped = run_dir / C.STOPPED_FILE
     if stopped.is_file():  # the server stopped it (the engine may have swallowed the exception)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from fedsim.data import (
     longtail_indices,
     partition_dataset,
     partition_params,
+    write_partition_heatmap,
     write_partition_report,
 )
 from fedsim.errors import ConfigError
@@ -257,3 +259,14 @@ def test_write_partition_report(tmp_path, k: int) -> None:
     png = tmp_path / PARTITION_PNG
     assert png.exists() and png.stat().st_size > 1000
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_partition_report_can_leave_the_heatmap_for_later(tmp_path: Path) -> None:
+    labels = np.array([0, 1, 1, 2, 2, 2])
+    parts = [np.array([0, 3]), np.array([1, 2, 4, 5])]
+    hist = write_partition_report(tmp_path, labels, parts, 3, heatmap=False)
+    assert hist.tolist() == [[1, 0, 1], [0, 2, 2]]
+    assert (tmp_path / PARTITION_CSV).is_file()
+    assert not (tmp_path / PARTITION_PNG).exists()
+    write_partition_heatmap(tmp_path, hist)
+    assert (tmp_path / PARTITION_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

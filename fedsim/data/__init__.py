@@ -10,7 +10,7 @@ from fedsim.data.datasets import (
 )
 from fedsim.data.longtail import longtail_counts, longtail_indices
 from fedsim.data.partition import PARTITIONERS, partition_dataset, partition_params
-from fedsim.data.report import label_histogram, write_partition_report
+from fedsim.data.report import label_histogram, write_partition_heatmap, write_partition_report
 
 __all__ = [
     "DATASETS",
@@ -24,5 +24,6 @@ __all__ = [
     "partition_params",
     "preload_dataset",
     "to_float",
+    "write_partition_heatmap",
     "write_partition_report",
 ]

@@ -10,7 +10,7 @@ import numpy as np
 
 from fedsim.constants import PARTITION_CSV, PARTITION_PNG
 
-__all__ = ["label_histogram", "write_partition_report"]
+__all__ = ["label_histogram", "write_partition_heatmap", "write_partition_report"]
 
 # Annotate cells with their counts only when the grid is this small.
 _ANNOTATE_MAX_CLIENTS = 30
@@ -50,7 +50,9 @@ def write_partition_report(
     labels: np.ndarray,
     partitions: Sequence[np.ndarray],
     num_classes: int,
-) -> None:
+    *,
+    heatmap: bool = True,
+) -> np.ndarray:
     """Write the label histogram of a partition to ``run_dir``.
 
     Writes :data:`~fedsim.constants.PARTITION_CSV` (header ``client,0,...,C-1,total``, one row
@@ -64,6 +66,13 @@ def write_partition_report(
         Output folder (created if missing).
     labels, partitions, num_classes
         As for :func:`label_histogram`.
+    heatmap
+        Also draw the PNG now (else call :func:`write_partition_heatmap` later).
+
+    Returns
+    -------
+    numpy.ndarray
+        The histogram, as :func:`label_histogram` returns it.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +84,15 @@ def write_partition_report(
         for i, row in enumerate(hist):
             writer.writerow([i, *row.tolist(), int(row.sum())])
 
-    _heatmap(hist, run_dir / PARTITION_PNG)
+    if heatmap:
+        write_partition_heatmap(run_dir, hist)
+    return hist
+
+
+def write_partition_heatmap(run_dir: Path, hist: np.ndarray) -> None:
+    """Draw the histogram ``hist`` (clients x classes) to :data:`~fedsim.constants.PARTITION_PNG`
+    in ``run_dir``."""
+    _heatmap(hist, Path(run_dir) / PARTITION_PNG)
 
 
 def _heatmap(hist: np.ndarray, path: Path) -> None:
