@@ -90,3 +90,30 @@ def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
         left = _stopped(session_dir)
     assert not left, f"processes left after stop_ray(): {left}"
     assert not ray.is_initialized()
+
+
+def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
+    tmp_path: Path,
+) -> None:
+    """``run`` starts Ray before it loads the data: a missing dataset still gives the one-line
+    error, with nothing written and no Ray process left."""
+    import ray
+
+    from fedsim.config import compose
+    from fedsim.errors import ConfigError
+    from fedsim.runner import run
+
+    cfg = compose(["engine=fast", "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}"])
+    cfg.output_dir = str(tmp_path / "run")
+    before = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    with pytest.raises(ConfigError, match="nowhere"):
+        run(cfg)
+    assert not (tmp_path / "run").exists()
+    assert not ray.is_initialized()
+    started = sorted(set(os.listdir("/tmp/ray")) - before - {"session_latest"})
+    assert started, "the engine should have started a Ray session before the data check"
+    for name in started:
+        deadline = time.monotonic() + 15
+        while (left := _session_processes(f"/tmp/ray/{name}")) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not left, f"processes left after the error: {left}"
