@@ -117,3 +117,32 @@ def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
         while (left := _session_processes(f"/tmp/ray/{name}")) and time.monotonic() < deadline:
             time.sleep(0.2)
         assert not left, f"processes left after the error: {left}"
+
+
+@pytest.mark.parametrize("inline_bytes", [4194304, None])
+def test_lean_ray_keeps_the_inline_results_setting(inline_bytes: int | None) -> None:
+    """``engine.inline_bytes`` reaches a lean Ray: 1 MB results skip the object store."""
+    import numpy as np
+    import ray
+    from ray._private.internal_api import memory_summary
+
+    session_dir = ""
+    try:
+        assert start_ray(
+            {"num_cpus": 1, "lean_ray": True, "inline_bytes": inline_bytes}, verbose=False
+        )
+        session_dir = ray._private.worker.global_worker.node.get_session_dir_path()
+
+        @ray.remote
+        def megabyte() -> np.ndarray:
+            return np.ones(125_000)
+
+        refs = [megabyte.remote() for _ in range(5)]
+        assert all(len(a) == 125_000 for a in ray.get(refs))
+        stats = [x for x in memory_summary(stats_only=True).splitlines() if "Plasma memory" in x]
+        assert stats and (" 0 objects" in stats[0]) is (inline_bytes is not None), stats
+    finally:
+        if session_dir:
+            _stopped(session_dir)
+        else:
+            stop_ray()
