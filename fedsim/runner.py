@@ -111,8 +111,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # written, and the engine is closed. Doing both at once, in two threads, was no faster: the
     # checker's torch import held the GIL that ray.init needs, so Ray came up in 3.2-4.8 s
     # instead of about 2 s, and round 1 ended no sooner (8.9 s, against 9.3 s; means of 6).
-    import fedsim.engine.worker  # noqa: F401  (the actor class, pickled by reference)
-
     handle = pre_fn(cfg)
     try:
         _validate_and_load(cfg)
