@@ -3,10 +3,9 @@ that it leaves none behind."""
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from fedsim.engine.localray import lean_node_params, start_ray, stop_ray
@@ -19,20 +18,24 @@ HELPERS = {
 }
 
 
-def _session_processes(session_dir: str) -> list[str]:
-    """Command lines of the live processes that name ``session_dir`` (Ray's daemons do)."""
+def _session_processes(session_dir: str) -> list[psutil.Process]:
+    """The live processes whose command line names ``session_dir`` (Ray's daemons' do)."""
     found = []
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit():
-            continue
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if session_dir in cmd and state != "Z":
-            found.append(cmd)
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(proc.info["cmdline"] or [])
+        if session_dir in cmd and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            found.append(proc)
     return found
+
+
+def _commands(procs: list[psutil.Process]) -> list[str]:
+    return [" ".join(p.info["cmdline"]) for p in procs]
+
+
+def _left_after(procs: list[psutil.Process]) -> list[str]:
+    """Wait (up to 15 s) for ``procs`` to exit; the command lines of those still running."""
+    _, alive = psutil.wait_procs(procs, timeout=15)
+    return [" ".join(p.info["cmdline"]) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 def _start(lean: bool) -> str:
@@ -44,11 +47,11 @@ def _start(lean: bool) -> str:
 
 
 def _stopped(session_dir: str) -> list[str]:
+    """Stop Ray; the processes of ``session_dir`` that outlive it."""
+    procs = _session_processes(session_dir)
+    assert procs, f"no process names {session_dir}"
     stop_ray()
-    deadline = time.monotonic() + 15
-    while (left := _session_processes(session_dir)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return left
+    return _left_after(procs)
 
 
 def test_lean_node_params_leave_out_the_helpers_and_keep_the_settings() -> None:
@@ -75,7 +78,7 @@ def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
 
     session_dir = _start(lean)
     try:
-        running = _session_processes(session_dir)
+        running = _commands(_session_processes(session_dir))
         assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running)
         for name, fragment in HELPERS.items():
             present = any(fragment in c for c in running)
@@ -93,30 +96,35 @@ def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
 
 
 def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``run`` starts Ray before it loads the data: a missing dataset still gives the one-line
     error, with nothing written and no Ray process left."""
     import ray
 
     from fedsim.config import compose
+    from fedsim.engine import fast
     from fedsim.errors import ConfigError
     from fedsim.runner import run
 
     cfg = compose(["engine=fast", "dataset=mnist", f"dataset.root={tmp_path / 'nowhere'}"])
     cfg.output_dir = str(tmp_path / "run")
-    before = set(os.listdir("/tmp/ray")) if os.path.isdir("/tmp/ray") else set()
+    seen: list[psutil.Process] = []
+
+    def stop_and_record() -> None:  # the engine's Ray processes, as it stops them
+        seen.extend(
+            _session_processes(ray._private.worker.global_worker.node.get_session_dir_path())
+        )
+        stop_ray()
+
+    monkeypatch.setattr(fast, "stop_ray", stop_and_record)
     with pytest.raises(ConfigError, match="nowhere"):
         run(cfg)
     assert not (tmp_path / "run").exists()
     assert not ray.is_initialized()
-    started = sorted(set(os.listdir("/tmp/ray")) - before - {"session_latest"})
-    assert started, "the engine should have started a Ray session before the data check"
-    for name in started:
-        deadline = time.monotonic() + 15
-        while (left := _session_processes(f"/tmp/ray/{name}")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not left, f"processes left after the error: {left}"
+    assert seen, "the engine should have started Ray before the data check, and stopped it"
+    left = _left_after(seen)
+    assert not left, f"processes left after the error: {left}"
 
 
 @pytest.mark.parametrize("inline_bytes", [4194304, None])
@@ -143,6 +151,6 @@ def test_lean_ray_keeps_the_inline_results_setting(inline_bytes: int | None) -> 
         assert stats and (" 0 objects" in stats[0]) is (inline_bytes is not None), stats
     finally:
         if session_dir:
-            _stopped(session_dir)
+            assert not _stopped(session_dir)
         else:
             stop_ray()

@@ -33,13 +33,19 @@ log = logging.getLogger("fedsim")
 _lean_node: Any = None
 
 
-@contextmanager
-def _pythonpath_for_workers() -> Iterator[None]:
-    """A local Ray's workers inherit the environment of the raylet started in this block: give
-    them the driver's ``sys.path``, so that they import fedsim as the driver does."""
+def _worker_pythonpath() -> str:
+    """The driver's ``sys.path`` (then any ``PYTHONPATH``), so that the workers import fedsim as
+    the driver does (as Flower's Ray backend does)."""
     path = os.pathsep.join(p for p in sys.path if p)
     saved = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = f"{path}{os.pathsep}{saved}" if saved else path
+    return f"{path}{os.pathsep}{saved}" if saved else path
+
+
+@contextmanager
+def _pythonpath_for_workers() -> Iterator[None]:
+    """A local Ray's workers inherit the environment of the raylet started in this block."""
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = _worker_pythonpath()
     try:
         yield
     finally:
@@ -103,10 +109,7 @@ def start_ray(engine: Mapping[str, Any], *, verbose: bool) -> bool:
         return False
     args = ray_init_args(engine, verbose=verbose)
     if "address" in args:  # joining a cluster: its workers get the path through the runtime env
-        path = os.pathsep.join(p for p in sys.path if p)
-        if os.environ.get("PYTHONPATH"):
-            path = f"{path}{os.pathsep}{os.environ['PYTHONPATH']}"
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": path}}, **args)
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath()}}, **args)
         return True
     # The path goes through the environment rather than a runtime env so that the actors take the
     # workers Ray prestarts (a job runtime env makes Ray start new ones: 1.5-3 s at start-up).
