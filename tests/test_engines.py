@@ -134,6 +134,56 @@ def test_guided_chunks_shrink_to_one_client() -> None:
         guided_chunks(5, 0, 2)
 
 
+def _makespan(n: int, actors: int, per: int) -> tuple[float, list[int]]:
+    """Event simulation of FastGrid's dispatch (guided chunks, pick_actor) for ``n`` clients
+    that each take one time unit: when the round ends, and how many clients each actor ran."""
+    import heapq
+
+    from fedsim.engine.fast import guided_chunks, pick_actor
+
+    sizes = guided_chunks(n, actors, per)
+    load, calls, ran = [0] * actors, [0] * actors, [0] * actors
+    free_at = [0.0] * actors  # when the actor's queued calls end
+    ends: list[tuple[float, int, int]] = []  # (end time, actor, clients)
+    now, end = 0.0, 0.0
+
+    def dispatch() -> None:
+        while sizes and (i := pick_actor(load, calls)) is not None:
+            k = sizes.pop(0)
+            free_at[i] = max(free_at[i], now) + k
+            heapq.heappush(ends, (free_at[i], i, k))
+            load[i] += k
+            calls[i] += 1
+            ran[i] += k
+
+    dispatch()
+    while ends:
+        now, i, k = heapq.heappop(ends)
+        load[i] -= k
+        calls[i] -= 1
+        end = max(end, now)
+        dispatch()
+    return end, ran
+
+
+def test_pick_actor_ends_a_round_within_one_client() -> None:
+    from fedsim.engine.fast import pick_actor
+
+    assert pick_actor([3, 4], [1, 2]) == 0  # fewest clients in flight
+    assert pick_actor([2, 2], [2, 1]) == 1  # tie: fewer calls
+    assert pick_actor([0, 0], [0, 0]) == 0  # tie: lower index
+    assert pick_actor([4, 3], [2, 2]) is None  # least loaded is full: wait for a call to end
+    assert pick_actor([1, 5], [2, 1]) is None  # a free slot elsewhere is not taken
+    assert pick_actor([], []) is None
+    # 10 equal clients on 2 actors, calls [3, 2, 2, 1, 1, 1]: 5 each. (Handing each call to
+    # whichever actor has a free slot ran 6 on one actor and 4 on the other.)
+    assert _makespan(10, 2, 2) == (5.0, [5, 5])
+    for n, actors, per in [(50, 2, 2), (200, 2, 2), (1000, 2, 2), (37, 3, 2), (100, 4, 1)]:
+        end, ran = _makespan(n, actors, per)
+        assert sum(ran) == n
+        assert end <= -(-n // actors) + 1, (n, actors, per, end, ran)
+
+
 def test_replies_travel_as_numpy_views_and_come_back_as_bytes() -> None:
     import pickle
 

@@ -63,7 +63,8 @@ class FastGrid(Grid):
         One Context per node id (the node's ``partition-id`` in its node config).
     chunks_per_actor
         Each call takes ``1 / (chunks_per_actor * actors)`` of the round's clients not yet handed
-        out (see :func:`guided_chunks`); an idle actor takes the next call.
+        out (see :func:`guided_chunks`); the actor with the fewest clients in flight takes the
+        next call, up to two calls each (see :func:`pick_actor`).
     """
 
     def __init__(
@@ -73,14 +74,14 @@ class FastGrid(Grid):
         chunks_per_actor: int = DEFAULT_CHUNKS_PER_ACTOR,
     ) -> None:
         self._actors = list(actors)
-        # Two calls queued per actor: an actor that finishes a chunk starts the next one at once
-        # instead of waiting for the server's next poll.
-        self._idle: deque[Any] = deque(self._actors * 2)
+        # Per actor: calls in flight and the clients in them (see :func:`pick_actor`).
+        self._calls = [0] * len(self._actors)
+        self._load = [0] * len(self._actors)
         self._contexts = contexts
         self._chunks_per_actor = max(1, chunks_per_actor)
         self._queue: deque[Message] = deque()
         self._chunk_sizes: deque[int] = deque()
-        self._inflight: dict[Any, tuple[Any, list[Message]]] = {}  # ref -> (actor, messages)
+        self._inflight: dict[Any, tuple[int, list[Message]]] = {}  # ref -> (actor index, messages)
         self._replies: dict[str, Message] = {}
         self._run: Any = None
 
@@ -153,13 +154,17 @@ class FastGrid(Grid):
 
     # -- scheduling -------------------------------------------------------------------------------
     def _dispatch(self) -> None:
-        while self._queue and self._idle:
-            actor = self._idle.popleft()
+        while self._queue:
+            i = pick_actor(self._load, self._calls)
+            if i is None:
+                return
             size = self._chunk_sizes.popleft() if self._chunk_sizes else len(self._queue)
             chunk = [self._queue.popleft() for _ in range(min(size, len(self._queue)))]
             batch = [(m, self._contexts[m.metadata.dst_node_id]) for m in chunk]
-            ref = actor.run_batch.remote(batch)
-            self._inflight[ref] = (actor, chunk)
+            ref = self._actors[i].run_batch.remote(batch)
+            self._inflight[ref] = (i, chunk)
+            self._calls[i] += 1
+            self._load[i] += len(chunk)
 
     def _collect(self, block: float = 0.0) -> None:
         import ray
@@ -179,8 +184,9 @@ class FastGrid(Grid):
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
         done = [(ref, *self._inflight.pop(ref)) for ref in ready]
-        for _, actor, _ in done:  # an actor that finished takes its next chunk before we unpack
-            self._idle.append(actor)
+        for _, i, chunk in done:  # an actor that finished takes its next chunk before we unpack
+            self._calls[i] -= 1
+            self._load[i] -= len(chunk)
         self._dispatch()
         for ref, _, chunk in done:
             try:
@@ -202,6 +208,33 @@ class FastGrid(Grid):
                 from_wire(reply)
                 self._contexts[reply.metadata.src_node_id] = context
                 self._replies[reply.metadata.reply_to_message_id] = reply
+
+
+#: Calls an actor may hold at once: one running, one queued behind it, so that an actor that
+#: finishes a call starts the next at once instead of waiting for the driver's next poll.
+MAX_CALLS_PER_ACTOR = 2
+
+
+def pick_actor(
+    load: list[int], calls: list[int], max_calls: int = MAX_CALLS_PER_ACTOR
+) -> int | None:
+    """The actor to hand the next call to, or None to wait for a call to end.
+
+    The next call goes to the actor with the fewest clients in flight (``load``; ties: fewer
+    calls, then the lower index), and only if it holds fewer than ``max_calls`` calls. Handing
+    it to any actor with a free slot instead queues small end-of-round calls behind a large one
+    while another actor runs dry: 10 equal clients on 2 actors then take 6 client-times
+    instead of 5.
+
+    >>> pick_actor([3, 4], [1, 2])
+    0
+    >>> pick_actor([4, 3], [2, 2]) is None  # the least-loaded actor is full: wait
+    True
+    """
+    if not load:
+        return None
+    best = min(range(len(load)), key=lambda i: (load[i], calls[i], i))
+    return best if calls[best] < max_calls else None
 
 
 def guided_chunks(n: int, actors: int, chunks_per_actor: int) -> list[int]:
