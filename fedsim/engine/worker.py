@@ -7,11 +7,14 @@ import copy
 import gc
 import traceback
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
 import numpy as np
-from flwr.app import Context, Error, Message
+
+if TYPE_CHECKING:  # Flower is imported where it is used: the driver imports this module to
+    # create the actors, and Flower's import (about 0.4 s) would delay their creation.
+    from flwr.app import Context, Message
 
 
 def to_wire(message: Message) -> None:
@@ -44,6 +47,8 @@ def from_wire(message: Message) -> None:
 
 
 def _error_reply(message: Message, code: int, ex: BaseException) -> Message:
+    from flwr.app import Error, Message
+
     reply = Message(Error(code=code, reason=f"{type(ex)}:<'{ex}'>"), reply_to=message)
     return reply
 
@@ -92,7 +97,7 @@ class ClientWorker:
         """Take the dataset from the object store, build the client runtime (data, model,
         learner) and run one warm-up step, so that round 1 pays none of it."""
         import torch
-        from flwr.app import RecordDict
+        from flwr.app import Context, RecordDict
 
         self._dataset = dataset
         self._ready = False
@@ -124,7 +129,7 @@ class ClientWorker:
         """Handle each message with the ClientApp; an exception becomes an error reply.
 
         The replies come back in wire form (:func:`to_wire`): apply :func:`from_wire` to each
-        before use, as :class:`~fedsim.engine.fast.FastGrid` does."""
+        before use, as :class:`~fedsim.engine.grid.FastGrid` does."""
         from flwr.common.constant import ErrorCode
 
         self._setup()
