@@ -53,6 +53,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_WORKLOADS = ("10x600", "50x120", "200x30", "1000x6")
 MODEL = ["model=cnn", "model.params.channels=[8,16]", "model.params.hidden=64"]
+#: Timed rounds per bound measurement (after one warm-up round), averaged.
+DEFAULT_BOUND_ROUNDS = 4
 
 
 def overrides(
@@ -266,7 +268,7 @@ def parallel_child(argv: list[str]) -> None:
     ap.add_argument("--client-gpus", type=float, default=0.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--bound-rounds", type=int, default=4)
+    ap.add_argument("--bound-rounds", type=int, default=DEFAULT_BOUND_ROUNDS)
     args = ap.parse_args(argv[3:])
     share = [pid for pid in range(clients) if pid % args.workers == w]
 
@@ -322,7 +324,7 @@ def main() -> None:
     ap.add_argument(
         "--bound-rounds",
         type=int,
-        default=4,
+        default=DEFAULT_BOUND_ROUNDS,
         help="timed rounds per bound measurement, after one warm-up round; their mean is taken, "
         "as the engines' steady rounds are averaged",
     )
