@@ -177,6 +177,10 @@ def share_actor_pool(cfg: object) -> None:
     atexit.register(pool.close)
 
     class _Shared:
+        @property
+        def actors(self) -> list:
+            return pool.actors
+
         def result(self) -> list:
             return pool.result()
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from fedsim.engine.localray import lean_node_params, start_ray, stop_ray
+from fedsim.engine.localray import LEAN_SYSTEM_CONFIG, lean_node_params, start_ray, stop_ray
 
 #: Command-line fragments of the Python helpers that plain ``ray.init`` starts.
 HELPERS = {
@@ -68,8 +68,31 @@ def test_lean_node_params_leave_out_the_helpers_and_keep_the_settings() -> None:
         "include_log_monitor": False,
         "num_cpus": 2,
         "num_gpus": 1,
-        "_system_config": {"max_direct_call_object_size": 7},
+        "_system_config": {**LEAN_SYSTEM_CONFIG, "max_direct_call_object_size": 7},
     }
+    assert lean_node_params({})["_system_config"] == LEAN_SYSTEM_CONFIG
+    assert LEAN_SYSTEM_CONFIG["prestart_worker_first_driver"] is False
+
+
+def _check_lean_settings(session_dir: str) -> None:
+    """The lean node's GCS (which hands Ray's settings to the raylet and the workers) got
+    :data:`LEAN_SYSTEM_CONFIG`, and :func:`_await_raylet` tells
+    a registered node from an unknown one."""
+    import base64
+    import json
+
+    import ray
+
+    from fedsim.engine.localray import _await_raylet
+
+    gcs = next(c for c in _commands(_session_processes(session_dir)) if "gcs_server" in c)
+    encoded = next(a for a in gcs.split() if a.startswith("--config_list="))
+    settings = json.loads(base64.b64decode(encoded.split("=", 1)[1]))
+    for key, value in LEAN_SYSTEM_CONFIG.items():
+        assert settings[key] == value, key
+    node = ray._private.worker.global_worker.node
+    assert _await_raylet(node.gcs_address, node.node_id, timeout=5.0)
+    assert not _await_raylet(node.gcs_address, "ab" * 28, timeout=0.05)
 
 
 @pytest.mark.parametrize("lean", [True, False])
@@ -89,6 +112,8 @@ def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
             return x * x
 
         assert ray.get([square.remote(i) for i in range(4)]) == [0, 1, 4, 9]
+        if lean:
+            _check_lean_settings(session_dir)
     finally:
         left = _stopped(session_dir)
     assert not left, f"processes left after stop_ray(): {left}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -19,6 +19,11 @@ from flwr.serverapp import Grid
 
 log = logging.getLogger("fedsim")
 
+
+class WorkerStartError(RuntimeError):
+    """A worker of ``engine=fast`` could not load the data or the ClientApp."""
+
+
 #: Used when ``engine.chunks_per_actor`` is absent (conf/engine/fast.yaml sets it).
 DEFAULT_CHUNKS_PER_ACTOR = 2
 
@@ -26,6 +31,10 @@ DEFAULT_CHUNKS_PER_ACTOR = 2
 #: Calls an actor may hold at once: one running, one queued behind it, so that an actor that
 #: finishes a call starts the next at once instead of waiting for the driver's next poll.
 MAX_CALLS_PER_ACTOR = 2
+
+#: The load an actor that is still starting counts as (see :class:`FastGrid`'s ``starting``):
+#: :func:`pick_actor` then hands it nothing while another actor can take a call.
+STARTING_LOAD = 1 << 62
 
 
 def pick_actor(
@@ -84,6 +93,12 @@ class FastGrid(Grid):
         Each call takes ``1 / (chunks_per_actor * actors)`` of the round's clients not yet handed
         out (see :func:`guided_chunks`); the actor with the fewest clients in flight takes the
         next call, up to two calls each (see :func:`pick_actor`).
+    starting
+        Optional, one Ray object ref per actor that resolves once the actor can take calls (its
+        ``load``). Until then the actor gets no call, so that the first round starts on the
+        actors that are ready while the others still import their libraries; the first push
+        waits until one actor is ready (the round's timeout starts after it). A ref that
+        raises is a worker that failed to start: the grid raises :class:`WorkerStartError`.
     """
 
     def __init__(
@@ -91,11 +106,17 @@ class FastGrid(Grid):
         actors: list[Any],
         contexts: dict[int, Context],
         chunks_per_actor: int = DEFAULT_CHUNKS_PER_ACTOR,
+        starting: Sequence[Any] = (),
     ) -> None:
         self._actors = list(actors)
+        if starting and len(starting) != len(self._actors):
+            raise ValueError(f"{len(starting)} starting refs for {len(self._actors)} actors")
         # Per actor: calls in flight and the clients in them (see :func:`pick_actor`).
         self._calls = [0] * len(self._actors)
         self._load = [0] * len(self._actors)
+        self._starting: dict[Any, int] = {ref: i for i, ref in enumerate(starting)}
+        for i in self._starting.values():
+            self._calls[i], self._load[i] = MAX_CALLS_PER_ACTOR, STARTING_LOAD
         self._contexts = contexts
         self._chunks_per_actor = max(1, chunks_per_actor)
         self._queue: deque[Message] = deque()
@@ -137,6 +158,8 @@ class FastGrid(Grid):
             ids.append(msg.metadata.message_id)
         sizes = guided_chunks(len(self._queue), max(1, len(self._actors)), self._chunks_per_actor)
         self._chunk_sizes = deque(sizes)
+        if self._starting and len(self._starting) == len(self._actors):
+            self._collect(block=None)  # no actor is ready yet: wait for the first
         self._dispatch()
         return ids
 
@@ -162,7 +185,7 @@ class FastGrid(Grid):
     def wait_for_replies(self, timeout: float) -> None:
         """Block until a call in flight ends or ``timeout`` seconds pass (not in Flower's Grid
         API; :func:`server.messaging.exchange` uses it instead of polling)."""
-        if not self._inflight:
+        if not self._inflight and not self._starting:
             # Nothing can arrive (every reply already came in): wait for the engine to stop
             # rather than spin, ending as soon as it does.
             from server.messaging import ENGINE_STOP
@@ -185,24 +208,33 @@ class FastGrid(Grid):
             self._calls[i] += 1
             self._load[i] += len(chunk)
 
-    def _collect(self, block: float = 0.0) -> None:
+    def _collect(self, block: float | None = 0.0) -> None:
+        """Take the calls that ended (and the actors that became ready), waiting up to
+        ``block`` seconds for the first (None: without limit)."""
         import ray
         from flwr.common.constant import ErrorCode
 
         from fedsim.engine.worker import from_wire
 
-        if not self._inflight:
+        if not self._inflight and not self._starting:
             return
-        refs = list(self._inflight)
+        refs = [*self._inflight, *self._starting]
         # Wake at the first call that ends, then take every other one already done. (Asking
         # ray.wait for all of them with a timeout returns only at the timeout when the results
         # sit in the object store: about 50 ms late at each round's end.)
         ready = refs
-        if block:
+        if block is None or block:
             ready, _ = ray.wait(refs, num_returns=1, timeout=block)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
-        done = [(ref, *self._inflight.pop(ref)) for ref in ready]
+        for ref in [r for r in ready if r in self._starting]:
+            i = self._starting.pop(ref)
+            try:
+                ray.get(ref)
+            except Exception as ex:
+                raise WorkerStartError(f"engine=fast: worker {i} failed to start: {ex}") from ex
+            self._calls[i], self._load[i] = 0, 0
+        done = [(ref, *self._inflight.pop(ref)) for ref in ready if ref in self._inflight]
         for _, i, chunk in done:  # an actor that finished takes its next chunk before we unpack
             self._calls[i] -= 1
             self._load[i] -= len(chunk)

@@ -1,8 +1,9 @@
 """Starting and stopping the Ray that ``engine=fast`` runs on.
 
 With ``engine.lean_ray=true`` (the default) a local Ray starts with only the processes the engine
-uses: its GCS, the raylet with its two agents, and the prestarted workers that become the actors.
-Three Python helpers that plain ``ray.init`` adds are left out:
+uses: its GCS, the raylet with its two agents, and the workers Ray starts for the actors.
+Three Python helpers that plain ``ray.init`` adds are left out (and three waits are cut short,
+see :data:`LEAN_SYSTEM_CONFIG` and :func:`_await_raylet`):
 
 - the dashboard server (fedsim asks for no dashboard, yet ``ray.init`` still starts its minimal
   server and waits until it has published its address: about 0.8 s of start-up);
@@ -28,6 +29,21 @@ from contextlib import contextmanager
 from typing import Any
 
 log = logging.getLogger("fedsim")
+
+#: Ray settings of the lean node (its ``_system_config``; ``engine.inline_bytes`` adds its own).
+LEAN_SYSTEM_CONFIG: dict[str, Any] = {
+    # Ray prestarts one worker per CPU when the first driver connects, and answers that driver
+    # only once they have started: 0.6-0.7 s in which the driver waited, on 2 cores. Without
+    # the prestart the driver connects in about 0.1 s and loads the data while Ray starts the
+    # actors' workers (as the actors are created, as it would have started the prestarted ones).
+    "prestart_worker_first_driver": False,
+    # A Ray process that connects to a local socket nobody listens on yet tries again after
+    # this many ms (Ray's default: 1000, 10 tries). The raylet's connection to its own object
+    # store came too early in 3 of 8 starts and waited a whole second. 20 ms x 500 tries keeps
+    # the 10 s of patience.
+    "raylet_client_connect_timeout_milliseconds": 20,
+    "raylet_client_num_connect_attempts": 500,
+}
 
 #: The head node started by :func:`start_ray` in lean mode, stopped by :func:`stop_ray`.
 _lean_node: Any = None
@@ -63,10 +79,50 @@ def lean_node_params(args: Mapping[str, Any]) -> dict[str, Any]:
         "no_monitor": True,
         "include_log_monitor": False,
     }
-    for key in ("num_cpus", "num_gpus", "_system_config"):
+    for key in ("num_cpus", "num_gpus"):
         if key in args:
             params[key] = args[key]
+    params["_system_config"] = {**LEAN_SYSTEM_CONFIG, **dict(args.get("_system_config") or {})}
     return params
+
+
+#: Seconds between two looks for the raylet in the GCS's node table (see :func:`_await_raylet`).
+RAYLET_POLL_S = 0.01
+
+
+def _await_raylet(gcs_address: str, node_id: str, *, timeout: float = 30.0) -> bool:
+    """Wait until the raylet of ``node_id`` has registered with the GCS at ``gcs_address``;
+    True once it has, False on timeout or if the GCS cannot be asked (the caller then waits
+    Ray's own way).
+
+    Ray's head node waits for its raylet by asking the GCS for the node, a call that checks,
+    sleeps a whole second and checks again. The raylet registers about 1 s after it starts (its
+    two agents must be up first), so that wait ended 1 or 2 s after the start: on 2 cores, 1.01,
+    1.02 and 2.01 s in three starts. Reading the node table every :data:`RAYLET_POLL_S` instead
+    finds the raylet within about 10 ms of its registration.
+    """
+    import time
+
+    try:
+        from ray._private.services import _get_gcs_client_options
+        from ray._private.state import GlobalState
+
+        state = GlobalState()
+        state._initialize_global_state(_get_gcs_client_options(gcs_address))
+    except Exception:  # another Ray's internals: wait Ray's own way
+        return False
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            nodes = state.node_table()
+            if any(n.get("NodeID") == node_id and n.get("Alive") for n in nodes):
+                return True
+            time.sleep(RAYLET_POLL_S)
+        return False
+    except Exception:
+        return False
+    finally:
+        state.disconnect()
 
 
 def _start_lean(args: Mapping[str, Any]) -> Any:
@@ -77,6 +133,11 @@ def _start_lean(args: Mapping[str, Any]) -> Any:
     class LeanNode(Node):  # type: ignore[misc]
         def start_api_server(self, *, include_dashboard: Any, raise_on_failure: Any) -> None:
             """No dashboard server (see the module's docstring)."""
+
+        def start_ray_processes(self) -> None:
+            """Start the raylet, then wait for it to register (see :func:`_await_raylet`)."""
+            super().start_ray_processes()
+            _await_raylet(self.gcs_address, self._node_id)
 
     node = LeanNode(
         ray_params=RayParams(**lean_node_params(args)),
@@ -111,8 +172,9 @@ def start_ray(engine: Mapping[str, Any], *, verbose: bool) -> bool:
     if "address" in args:  # joining a cluster: its workers get the path through the runtime env
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath()}}, **args)
         return True
-    # The path goes through the environment rather than a runtime env so that the actors take the
-    # workers Ray prestarts (a job runtime env makes Ray start new ones: 1.5-3 s at start-up).
+    # The path goes through the environment rather than a runtime env, which Ray's runtime-env
+    # agent would set up for the workers (when Ray prestarted workers, a job runtime env made it
+    # start others for the actors: 1.5-3 s at start-up).
     with _pythonpath_for_workers():
         if engine.get("lean_ray", False):
             try:

@@ -1,0 +1,112 @@
+"""``engine=fast`` starts round 1 on the actors that are ready: FastGrid's ``starting`` refs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from fedsim.engine.grid import FastGrid, WorkerStartError
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    from fedsim.engine.localray import start_ray, stop_ray
+
+    started = start_ray({"num_cpus": 2, "lean_ray": True}, verbose=False)
+    try:
+        yield
+    finally:
+        if started:
+            stop_ray()
+
+
+def _echo_worker() -> Any:
+    """A stand-in for ClientWorker: ``load`` takes ``delay`` seconds (or raises), and each reply
+    names the worker that made it."""
+    import ray
+
+    @ray.remote(num_cpus=1)
+    class Echo:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def load(self, delay: float, fail: bool = False) -> bool:
+            import time
+
+            time.sleep(delay)
+            if fail:
+                raise ValueError(f"{self.name} cannot load")
+            return True
+
+        def run_batch(self, batch: list[Any]) -> list[Any]:
+            from flwr.app import ConfigRecord, Message, RecordDict
+            from flwr.supercore.task_identity import TaskIdentity
+
+            from fedsim.engine.worker import to_wire
+
+            TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+            out = []
+            for message, context in batch:
+                reply = Message(
+                    RecordDict({"who": ConfigRecord({"name": self.name})}), reply_to=message
+                )
+                reply.metadata.__dict__["_message_id"] = f"r-{message.metadata.message_id}"
+                to_wire(reply)
+                out.append((reply, context))
+            return out
+
+    return Echo
+
+
+def _grid(actors: list[Any], starting: list[Any]) -> FastGrid:
+    from flwr.app import Context, RecordDict
+
+    contexts = {
+        nid: Context(run_id=1, node_id=nid, node_config={}, state=RecordDict(), run_config={})
+        for nid in (11, 12, 13, 14)
+    }
+    return FastGrid(actors, contexts, chunks_per_actor=2, starting=starting)
+
+
+def _messages(grid: FastGrid) -> list[Any]:
+    from flwr.app import RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 0
+    return [grid.create_message(RecordDict(), "train", nid, "1") for nid in (11, 12, 13, 14)]
+
+
+def test_round_one_runs_on_the_ready_actor_while_the_other_loads(local_ray: None) -> None:
+    import ray
+
+    echo = _echo_worker()
+    slow, fast = echo.remote("slow"), echo.remote("fast")
+    starting = [slow.load.remote(30.0), fast.load.remote(0.0)]
+    grid = _grid([slow, fast], starting)
+    replies = list(grid.send_and_receive(_messages(grid), timeout=60))
+    assert len(replies) == 4
+    # Every client ran on the actor that had loaded; the other is still loading (30 s).
+    assert {r.content["who"]["name"] for r in replies} == {"fast"}
+    ready, _ = ray.wait([starting[0]], timeout=0)
+    assert not ready
+    ray.kill(slow)
+    ray.kill(fast)
+
+
+def test_a_worker_that_fails_to_load_stops_the_round(local_ray: None) -> None:
+    import ray
+
+    echo = _echo_worker()
+    a, b = echo.remote("a"), echo.remote("b")
+    grid = _grid([a, b], [a.load.remote(0.0, fail=True), b.load.remote(0.0, fail=True)])
+    with pytest.raises(WorkerStartError, match="cannot load"):
+        grid.send_and_receive(_messages(grid), timeout=60)
+    ray.kill(a)
+    ray.kill(b)
+
+
+def test_starting_refs_must_match_the_actors() -> None:
+    with pytest.raises(ValueError, match="1 starting refs for 2 actors"):
+        FastGrid([object(), object()], {}, starting=[object()])
