@@ -10,10 +10,9 @@ import warnings
 from typing import TYPE_CHECKING, Any
 from uuid import uuid4
 
-import numpy as np
-
-if TYPE_CHECKING:  # Flower is imported where it is used: the driver imports this module to
-    # create the actors, and Flower's import (about 0.4 s) would delay their creation.
+if TYPE_CHECKING:  # Flower and numpy are imported where they are used: the driver imports this
+    # module to create the actors, and their imports (about 0.4 s and 0.06-0.1 s) would delay
+    # the actors' creation.
     from flwr.app import Context, Message
 
 
@@ -24,6 +23,8 @@ def to_wire(message: Message) -> None:
     copied into the pickle first: a call returning 6 small CNNs ends about 2.7 ms sooner.
     :func:`from_wire` restores the bytes on the driver.
     """
+    import numpy as np
+
     if not message.has_content():
         return
     for record in message.content.array_records.values():
@@ -35,6 +36,8 @@ def to_wire(message: Message) -> None:
 def from_wire(message: Message) -> None:
     """Undo :func:`to_wire`: each array's data is ``bytes`` again, as Flower expects. The
     content gets fast record views (:class:`~fedsim.records.FastViews`) for the server."""
+    import numpy as np
+
     from fedsim.records import FastViews
 
     if not message.has_content():
