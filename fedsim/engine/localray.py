@@ -13,7 +13,8 @@ see :data:`LEAN_SYSTEM_CONFIG` and :func:`_await_raylet`):
   ClientApp exception still comes back to the server as an error reply.
 
 On 2 cores ``ray.init`` took 3.7-4.3 s and its processes 5.3-7.0 CPU-s; the lean start 1.9 s and
-3.1-3.9 CPU-s (``scripts/bench_engine.py`` measures the effect on a whole run). Ray offers no
+3.1-3.9 CPU-s, and 1.2-1.7 s (10 starts) once the waits were cut (``scripts/bench_engine.py``
+measures the effect on a whole run). Ray offers no
 public switch for these helpers, so the lean start builds Ray's head node itself, from the
 classes ``ray.init`` uses (``ray._private``; Flower pins the Ray version, 2.55.1). If that fails
 on another Ray it falls back to ``ray.init`` with a warning. ``lean_ray=false`` uses ``ray.init``.
