@@ -181,9 +181,6 @@ def share_actor_pool(cfg: object) -> None:
         def actors(self) -> list:
             return pool.actors
 
-        def result(self) -> list:
-            return pool.result()
-
         def close(self) -> None:  # keep the actors for the next run
             pass
 
