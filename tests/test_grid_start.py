@@ -22,9 +22,30 @@ def local_ray() -> Iterator[None]:
             stop_ray()
 
 
+def _gate() -> Any:
+    """A Ray actor that holds back whoever waits on it until the test opens it."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Gate:
+        def __init__(self) -> None:
+            import asyncio
+
+            self.event = asyncio.Event()
+
+        async def wait(self) -> bool:
+            await self.event.wait()
+            return True
+
+        async def open(self) -> None:
+            self.event.set()
+
+    return Gate.remote()
+
+
 def _echo_worker() -> Any:
-    """A stand-in for ClientWorker: ``load`` takes ``delay`` seconds (or raises), and each reply
-    names the worker that made it."""
+    """A stand-in for ClientWorker: ``load`` returns once ``gate`` opens (at once without one)
+    or raises, and each reply names the worker that made it."""
     import ray
 
     @ray.remote(num_cpus=1)
@@ -32,10 +53,9 @@ def _echo_worker() -> Any:
         def __init__(self, name: str) -> None:
             self.name = name
 
-        def load(self, delay: float, fail: bool = False) -> bool:
-            import time
-
-            time.sleep(delay)
+        def load(self, gate: Any = None, fail: bool = False) -> bool:
+            if gate is not None:
+                ray.get(gate.wait.remote())
             if fail:
                 raise ValueError(f"{self.name} cannot load")
             return True
@@ -82,17 +102,24 @@ def test_round_one_runs_on_the_ready_actor_while_the_other_loads(local_ray: None
     import ray
 
     echo = _echo_worker()
+    gate = _gate()
     slow, fast = echo.remote("slow"), echo.remote("fast")
-    starting = [slow.load.remote(30.0), fast.load.remote(0.0)]
+    starting = [slow.load.remote(gate), fast.load.remote()]
     grid = _grid([slow, fast], starting)
     replies = list(grid.send_and_receive(_messages(grid), timeout=60))
     assert len(replies) == 4
-    # Every client ran on the actor that had loaded; the other is still loading (30 s).
+    # Every client ran on the actor that had loaded; the other is still held at the gate.
     assert {r.content["who"]["name"] for r in replies} == {"fast"}
     ready, _ = ray.wait([starting[0]], timeout=0)
     assert not ready
-    ray.kill(slow)
-    ray.kill(fast)
+    # Once it has loaded, the late actor takes calls too.
+    gate.open.remote()
+    assert ray.get(starting[0]) is True
+    replies = list(grid.send_and_receive(_messages(grid), timeout=60))
+    assert len(replies) == 4
+    assert "slow" in {r.content["who"]["name"] for r in replies}
+    for actor in (slow, fast, gate):
+        ray.kill(actor)
 
 
 def test_a_worker_that_fails_to_load_stops_the_round(local_ray: None) -> None:
@@ -100,7 +127,7 @@ def test_a_worker_that_fails_to_load_stops_the_round(local_ray: None) -> None:
 
     echo = _echo_worker()
     a, b = echo.remote("a"), echo.remote("b")
-    grid = _grid([a, b], [a.load.remote(0.0, fail=True), b.load.remote(0.0, fail=True)])
+    grid = _grid([a, b], [a.load.remote(fail=True), b.load.remote(fail=True)])
     with pytest.raises(WorkerStartError, match="cannot load"):
         grid.send_and_receive(_messages(grid), timeout=60)
     ray.kill(a)
