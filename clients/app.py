@@ -71,6 +71,7 @@ class ClientRuntime:
     learners: dict[str, Learner] = field(default_factory=dict)
     last_arrays: tuple[Any, dict[str, torch.Tensor]] | None = None
     targets: dict[str, torch.Tensor] | None = None
+    staged: dict[str, torch.Tensor] | None = None  # last_arrays on the model's GPU
     faults: dict[str, Any] | None = None  # cfg.faults as plain lists (DictConfig reads cost)
 
     def data(self, pid: int) -> ClientData:
@@ -96,12 +97,22 @@ class ClientRuntime:
         payload, which is decoded once."""
         if self.last_arrays is None or self.last_arrays[0] is not arrays:
             self.last_arrays = (arrays, torch_state(arrays))
+            self.staged = None
         state = self.last_arrays[1]
         if self.targets is None:
             self.targets = self.model.state_dict(keep_vars=True)
         if list(state) == list(self.targets) and all(
             t.shape == v.shape for t, v in zip(self.targets.values(), state.values(), strict=True)
         ):
+            if self.device.type == "cuda":
+                # On a GPU the payload is copied to the device once per batch of messages: a
+                # copy from host memory makes the host wait for the GPU, once per tensor.
+                if self.staged is None:
+                    self.staged = {
+                        k: v.to(t.device)
+                        for (k, t), v in zip(self.targets.items(), state.values(), strict=True)
+                    }
+                state = self.staged
             with torch.no_grad():  # copy into the resident tensors (load_state_dict's checks cost)
                 for t, v in zip(self.targets.values(), state.values(), strict=True):
                     t.copy_(v)

@@ -300,3 +300,23 @@ def test_engine_modules_import_no_flower_before_ray_starts() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pool_size_fits_cpus_and_gpu_fractions_per_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One actor per ``client_cpus`` CPUs and per ``client_gpus`` of a GPU, node by node: a
+    node's GPUs cannot lend to another node's CPUs, and dead nodes count for nothing."""
+    import ray
+
+    from fedsim.engine.fast import pool_size
+
+    nodes = [
+        {"Alive": True, "Resources": {"CPU": 16.0, "GPU": 2.0}},
+        {"Alive": True, "Resources": {"CPU": 3.0, "GPU": 4.0}},
+        {"Alive": True, "Resources": {"CPU": 8.0}},  # no GPU
+        {"Alive": False, "Resources": {"CPU": 64.0, "GPU": 8.0}},
+    ]
+    monkeypatch.setattr(ray, "nodes", lambda: nodes)
+    assert pool_size(1.0, 0.0) == 16 + 3 + 8
+    assert pool_size(1.0, 0.25) == 8 + 3 + 0  # 2 GPUs / 0.25; 3 CPUs; no GPU
+    assert pool_size(2.0, 0.5) == 4 + 1 + 0
+    assert pool_size(1.0, 1.0) == 2 + 3 + 0

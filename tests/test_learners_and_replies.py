@@ -271,3 +271,63 @@ def test_plain_fault_lists_select_the_same_faults() -> None:
             assert fault_for(plain, pid, rnd) == fault_for(cfg.faults, pid, rnd)
     assert fault_for(plain, 2, 3) == "nan"
     assert _plain(None) is None
+
+
+def test_tally_on_the_device_sums_what_the_host_sums() -> None:
+    """The GPU path keeps the sums in a float64 tensor; on the same batches it must give the
+    host path's numbers bit for bit (exercised here on CPU tensors)."""
+    from clients.learners.base import Tally
+
+    g = torch.Generator().manual_seed(3)
+    host = Tally(on_device=False, device=torch.device("cpu"))
+    dev = Tally(on_device=True, device=torch.device("cpu"))
+    for b in (32, 32, 7):
+        loss = torch.rand((), generator=g) * 3
+        logits = torch.randn(b, 5, generator=g)
+        y = torch.randint(-1, 5, (b,), generator=g)  # -1: unlabeled, not counted
+        for t in (host, dev):
+            t.add(loss, logits, y, b)
+    soft = torch.rand(4, 5, generator=g)  # soft targets: the loss counts, accuracy does not
+    for t in (host, dev):
+        t.add(torch.tensor([0.25]), torch.randn(4, 5, generator=g), soft, 4)
+    assert dev.totals() == host.totals()
+    loss_sum, correct, seen, labeled = host.totals()
+    assert seen == 75 and 0 < labeled < 71 and 0 <= correct <= labeled
+
+
+def test_tally_counts_a_hand_computed_batch() -> None:
+    from clients.learners.base import Tally
+
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0], [0.0, 5.0]])
+    y = torch.tensor([0, 0, -1, 1])  # right, wrong, unlabeled, right
+    for on_device in (False, True):
+        t = Tally(on_device=on_device, device=torch.device("cpu"))
+        t.add(torch.tensor(0.5), logits, y, 4)
+        t.add(torch.tensor(1.5), logits[:2], y[:2], 2)  # right, wrong
+        assert t.totals() == (0.5 * 4 + 1.5 * 2, 3, 6, 5)
+
+
+def test_to_host_gathers_tensors_by_dtype_into_views_equal_to_each_copy() -> None:
+    from fedsim.records import array_record, to_host
+
+    state = {
+        "w": torch.randn(3, 4).t(),  # not contiguous
+        "steps": torch.tensor(7),  # 0-dim int64, as BatchNorm's num_batches_tracked
+        "b": torch.randn(4),
+        "counts": torch.arange(6).view(2, 3),
+        "arr": np.ones(2, dtype=np.float32),  # arrays pass through
+    }
+    plain = to_host(state, gather=False)
+    gathered = to_host(state, gather=True)
+    assert list(gathered) == list(state)
+    for k, v in state.items():
+        if isinstance(v, torch.Tensor):
+            assert gathered[k].dtype == v.dtype and gathered[k].shape == v.shape
+            assert torch.equal(gathered[k], v) and torch.equal(plain[k], v)
+        else:
+            assert gathered[k] is v
+    assert gathered["w"].untyped_storage().data_ptr() == gathered["b"].untyped_storage().data_ptr()
+    rec = array_record(state)
+    assert [rec[k].numpy().tolist() for k in state] == [
+        np.asarray(v).tolist() for v in state.values()
+    ]

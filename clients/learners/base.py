@@ -63,6 +63,61 @@ class SGD:
             p.grad = None
 
 
+def same_device(actual: torch.device, wanted: torch.device) -> bool:
+    """Whether a tensor on ``actual`` is on ``wanted``; ``cuda`` without an index means the
+    current CUDA device (``torch.device("cuda") != torch.device("cuda:0")`` in PyTorch, so a plain
+    comparison moved the model, a no-op walk of every module, once per client)."""
+    if actual.type != wanted.type:
+        return False
+    if wanted.index is None:
+        return actual.type != "cuda" or actual.index == torch.cuda.current_device()
+    return actual.index == wanted.index
+
+
+class Tally:
+    """Sums of a local training call's loss, correct predictions, samples and labeled samples.
+
+    On the CPU they are Python numbers. On a GPU (``on_device``) they stay in a float64 tensor on
+    the device until :meth:`totals`: reading each batch's loss on the host made the host wait for
+    the GPU three times per batch. Both add the same float64 numbers in the same order, so the
+    metrics are the same to the last bit.
+    """
+
+    def __init__(self, *, on_device: bool, device: torch.device) -> None:
+        self.on_device = on_device
+        self.seen = 0
+        self.host = [0.0, 0, 0]  # loss sum, correct, labeled
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device) if on_device else None
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, y: torch.Tensor, b: int) -> None:
+        """Count one batch of ``b`` samples; accuracy is counted where ``y`` holds hard labels
+        (``-1``: unlabeled, not counted)."""
+        self.seen += b
+        hard = y.dim() == 1 and logits.shape[0] == b
+        if self.sums is not None:
+            zero = loss.new_zeros((), dtype=torch.float64)
+            if hard:
+                has = y >= 0
+                correct = ((logits.argmax(1) == y) & has).sum().double()
+                labeled = has.sum().double()
+            else:
+                correct = labeled = zero
+            self.sums += torch.stack((loss.double().reshape(()) * b, correct, labeled))
+            return
+        self.host[0] += float(loss) * b
+        if hard:
+            has = y >= 0
+            self.host[1] += int((logits.argmax(1)[has] == y[has]).sum())
+            self.host[2] += int(has.sum())
+
+    def totals(self) -> tuple[float, int, int, int]:
+        """(loss sum, correct, seen, labeled)."""
+        if self.sums is not None:
+            loss_sum, correct, labeled = self.sums.tolist()
+            return loss_sum, int(correct), self.seen, int(labeled)
+        return float(self.host[0]), int(self.host[1]), self.seen, int(self.host[2])
+
+
 LABEL_KINDS = ("clean", "noisy", "partial", "semi")
 
 
@@ -222,13 +277,13 @@ class Learner:
         if n == 0:
             return TrainResult(0, {})
         first = next(model.parameters(), None)
-        if first is not None and first.device != device:
+        if first is not None and not same_device(first.device, device):
             model.to(device)
         model.train()
         self.on_train_start(model, data, state)
         global_params = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else []
         opt = self.make_optimizer(model)
-        loss_sum, correct, seen, labeled = 0.0, 0, 0, 0
+        tally = Tally(on_device=device.type == "cuda", device=device)
         for epoch in range(self.epochs):
             self.on_epoch_start(model, data, epoch)
             order = pool[torch.randperm(n, generator=generator)]
@@ -248,14 +303,9 @@ class Learner:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                b = int(idx.numel())
-                loss_sum += float(loss.detach()) * b
-                seen += b
-                if yb.dim() == 1 and logits.shape[0] == b:
-                    has = yb >= 0
-                    correct += int((logits.detach().argmax(1)[has] == yb[has]).sum())
-                    labeled += int(has.sum())
+                tally.add(loss.detach(), logits.detach(), yb, int(idx.numel()))
         self.on_train_end(model, data, state)
+        loss_sum, correct, seen, labeled = tally.totals()
         metrics = {
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(labeled, 1),

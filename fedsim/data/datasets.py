@@ -122,9 +122,19 @@ def to_float(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> to
     mean, std
         Per-channel statistics in ``[0, 1]`` units (length ``C``).
     """
-    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(-1, 1, 1)
-    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(-1, 1, 1)
+    m, s = _stats_on(tuple(mean), tuple(std), x.device)
     return (x.to(torch.float32) / 255.0 - m) / s
+
+
+@functools.lru_cache(maxsize=64)
+def _stats_on(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as ``[C, 1, 1]`` float32 tensors on ``device``, made once: on a GPU,
+    each copy from the host makes the host wait for the GPU, and this ran twice per batch."""
+    m = torch.as_tensor(mean, dtype=torch.float32, device=device).view(-1, 1, 1)
+    s = torch.as_tensor(std, dtype=torch.float32, device=device).view(-1, 1, 1)
+    return m, s
 
 
 # --- helpers --------------------------------------------------------------------------------------
