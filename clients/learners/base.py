@@ -84,7 +84,6 @@ class Tally:
     """
 
     def __init__(self, *, on_device: bool, device: torch.device) -> None:
-        self.on_device = on_device
         self.seen = 0
         self.host = [0.0, 0, 0]  # loss sum, correct, labeled
         self.sums = torch.zeros(3, dtype=torch.float64, device=device) if on_device else None
@@ -95,13 +94,12 @@ class Tally:
         self.seen += b
         hard = y.dim() == 1 and logits.shape[0] == b
         if self.sums is not None:
-            zero = loss.new_zeros((), dtype=torch.float64)
             if hard:
                 has = y >= 0
                 correct = ((logits.argmax(1) == y) & has).sum().double()
                 labeled = has.sum().double()
             else:
-                correct = labeled = zero
+                correct = labeled = loss.new_zeros((), dtype=torch.float64)
             self.sums += torch.stack((loss.double().reshape(()) * b, correct, labeled))
             return
         self.host[0] += float(loss) * b
