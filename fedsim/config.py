@@ -228,9 +228,60 @@ def _check_faults(cfg: DictConfig) -> None:
 
 
 def resolve_device(name: str) -> str:
-    """``auto`` becomes ``cuda`` when a GPU is visible, else ``cpu``."""
+    """``auto`` becomes ``cuda`` when this process may use a GPU, else ``cpu``.
+
+    In a Ray actor (a simulated client's worker, under either engine) that is when Ray gave the
+    actor a GPU share (``engine.client_gpus > 0``). fedsim starts Ray with
+    ``RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO=0`` (Ray's coming default), so an actor given no GPU
+    still sees every GPU; without this check each of them would train on GPU 0, as many as
+    there are CPUs, outside Ray's accounting. Elsewhere (the driver, a SuperNode): whenever a
+    GPU is visible.
+    """
+    if name != "auto":
+        return name
+    if ray_actor_has_gpu() is False:
+        return "cpu"
     import torch
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def ray_actor_has_gpu() -> bool | None:
+    """Whether Ray gave this process's actor a GPU share; ``None`` outside a Ray actor."""
+    import sys
+
+    ray = sys.modules.get("ray")  # never imported here: a process without Ray is no actor
+    if ray is None or not ray.is_initialized():
+        return None
+    if ray.get_runtime_context().get_actor_id() is None:
+        return None
+    return bool(ray.get_gpu_ids())
+
+
+def check_simulation_device(cfg: DictConfig) -> None:
+    """In a simulation, ``device=cuda`` or ``cuda:N`` needs a GPU share per client.
+
+    Ray places the clients' actors by ``engine.client_gpus``, and an actor sees only the GPUs it
+    was given, as ``cuda:0`` onwards. (Deployed SuperNodes have no such limit, so the apps'
+    own :func:`validate` does not check this.)
+    """
+    import math
+
+    device = str(cfg.device)
+    if device != "cuda" and not (device.startswith("cuda:") and device[5:].isdigit()):
+        return  # the CPU, auto, or a malformed name (which validate() reports)
+    gpus = _number(cfg, "engine.client_gpus")
+    if gpus == 0:
+        raise ConfigError(
+            f"device={device} with engine.client_gpus=0: simulated clients get no GPU share "
+            "from Ray, so as many would share a GPU as there are CPUs; set engine.client_gpus "
+            "(0.25: four clients per GPU) or use device=auto or cpu"
+        )
+    index = int(device[5:]) if device.startswith("cuda:") else 0
+    seen = max(1, math.ceil(gpus))
+    if index >= seen:
+        raise ConfigError(
+            f"device={device} with engine.client_gpus={cfg.engine.client_gpus}: each simulated "
+            f"client's actor sees only its own {seen} GPU(s); allowed: cuda or cuda:0"
+            + (f" to cuda:{seen - 1}" if seen > 1 else "")
+        )

@@ -92,7 +92,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     The ServerApp writes metrics, checkpoints, TensorBoard events, the accuracy plot and
     ``summary.json`` into ``cfg.output_dir``.
     """
-    from fedsim.config import validate_engine
+    from fedsim.config import check_simulation_device, validate_engine
     from fedsim.engine import ENGINES
 
     if not cfg.get("output_dir"):
@@ -100,6 +100,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
         )
     validate_engine(cfg)  # what starting the engine reads (no torch import: milliseconds)
+    check_simulation_device(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
     engine = ENGINES.get(str(cfg.engine.name))
     pre_fn = getattr(engine, "prestart", None)

@@ -196,3 +196,69 @@ def test_fal_group_and_query_default() -> None:
     cfg = compose()
     assert cfg.get("query") is None and cfg.fal.name == "standard"  # plain runs are not FAL
     assert compose(["query=fairfal"]).query.name == "fairfal"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["device=cuda"], r"device=cuda with engine.client_gpus=0: simulated clients get no GPU"),
+        (
+            ["device=cuda:1", "engine.client_gpus=0.5"],
+            r"device=cuda:1 with engine.client_gpus=0.5: .* allowed: cuda or cuda:0$",
+        ),
+        (
+            ["device=cuda:2", "engine.client_gpus=2"],
+            r"sees only its own 2 GPU\(s\); allowed: cuda or cuda:0 to cuda:1$",
+        ),
+    ],
+)
+def test_simulation_refuses_cuda_without_a_gpu_share(
+    tmp_path: Path, overrides: list[str], message: str
+) -> None:
+    from fedsim.runner import run
+
+    cfg = compose(overrides)
+    cfg.output_dir = str(tmp_path / "out")
+    with pytest.raises(ConfigError, match=message):
+        run(cfg)
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_simulation_accepts_cuda_with_a_gpu_share() -> None:
+    from fedsim.config import check_simulation_device
+
+    for overrides in (
+        ["device=cuda", "engine.client_gpus=0.25"],
+        ["device=cuda:1", "engine.client_gpus=2"],
+        ["device=auto"],
+        ["device=cpu"],
+    ):
+        check_simulation_device(compose(overrides))  # no error
+
+
+def test_auto_device_in_a_ray_actor_follows_its_gpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An actor Ray gave no GPU trains on the CPU even where it can see a GPU (fedsim lets Ray
+    leave ``CUDA_VISIBLE_DEVICES`` alone for such actors); outside an actor, any GPU is used."""
+    import sys
+    import types
+
+    import torch
+
+    from fedsim.config import resolve_device
+
+    state = {"actor": None, "gpus": []}
+    fake = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        get_runtime_context=lambda: types.SimpleNamespace(get_actor_id=lambda: state["actor"]),
+        get_gpu_ids=lambda: state["gpus"],
+    )
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda"  # the driver
+    state["actor"] = "a1"
+    assert resolve_device("auto") == "cpu"  # an actor without a GPU share
+    state["gpus"] = [0]
+    assert resolve_device("auto") == "cuda"
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
