@@ -66,9 +66,9 @@ def _gpu_processes(nvml: object) -> set[tuple[int, int]]:
     return found
 
 
-def test_fractional_gpus_give_each_actor_one_context_on_one_device(tmp_path: Path) -> None:
-    import torch
-
+def _contexts_during(out: Path, overrides: list[str]) -> set[int]:
+    """Run ``engine=fast`` with ``overrides`` and return the pids, other than this process's,
+    that NVML listed with a CUDA context meanwhile; asserts that none held one on two devices."""
     nvml = pytest.importorskip("pynvml")
     nvml.nvmlInit()
     seen: set[tuple[int, int]] = set()
@@ -81,23 +81,38 @@ def test_fractional_gpus_give_each_actor_one_context_on_one_device(tmp_path: Pat
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    try:  # five rounds, so that the actors still loading when round 1 starts join in
-        _metrics(tmp_path / "fast", "fast", [*GPU_RUN, "rounds=5"])
+    try:
+        _metrics(out, "fast", overrides)
     finally:
         stop.set()
         sampler.join()
         nvml.nvmlShutdown()
     if not any(pid == os.getpid() for _, pid in seen):
         pytest.skip(f"NVML lists no process of this one (it evaluates on the GPU): {seen}")
-    workers = {pid for _, pid in seen if pid != os.getpid()}
     devices: dict[int, set[int]] = {}
     for dev, pid in seen:
         devices.setdefault(pid, set()).add(dev)
     assert all(len(d) == 1 for d in devices.values()), devices
+    return {pid for _, pid in seen if pid != os.getpid()}
+
+
+def test_fractional_gpus_give_each_actor_one_context_on_one_device(tmp_path: Path) -> None:
+    import torch
+
+    # five rounds, so that the actors still loading when round 1 starts join in
+    workers = _contexts_during(tmp_path / "fast", [*GPU_RUN, "rounds=5"])
     # 0.25 GPU each: four actors per GPU, one CPU each, at most one per client. Round 1 starts
     # on the first loaded actor, so a short run may end before the last one has a context.
     pool = min(os.cpu_count() or 1, 4 * torch.cuda.device_count(), 8)
     assert 2 <= len(workers) <= pool, (workers, pool)
+
+
+def test_actors_without_a_gpu_share_train_on_the_cpu(tmp_path: Path) -> None:
+    """``device=auto`` with ``client_gpus=0``: the driver evaluates on the GPU, the actors
+    (which still see it: Ray leaves their CUDA_VISIBLE_DEVICES alone) stay off it."""
+    cpu_actors = ["device=auto", "engine.client_gpus=0", "rounds=2", "num_clients=4"]
+    workers = _contexts_during(tmp_path / "fast", [*cpu_actors, "clients_per_round=4"])
+    assert workers == set()
 
 
 def test_gpu_tally_gather_and_device_check_match_the_cpu() -> None:
