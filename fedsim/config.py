@@ -200,9 +200,10 @@ def validate_engine(cfg: DictConfig) -> None:
         _int_at_least(cfg, "engine.chunks_per_actor", 1)
     if OmegaConf.select(cfg, "engine.inline_bytes") is not None:
         _int_at_least(cfg, "engine.inline_bytes", 0)
-    lean = OmegaConf.select(cfg, "engine.lean_ray")
-    if lean is not None and not isinstance(lean, bool):
-        raise invalid("engine.lean_ray", lean, "true or false")
+    for key in ("engine.lean_ray", "engine.lean_agents"):
+        flag = OmegaConf.select(cfg, key)
+        if flag is not None and not isinstance(flag, bool):
+            raise invalid(key, flag, "true or false")
     if not _number(cfg, "engine.client_cpus") > 0:
         raise invalid("engine.client_cpus", cfg.engine.client_cpus, "a number > 0")
     for key in ("engine.num_cpus", "engine.num_gpus"):

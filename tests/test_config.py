@@ -140,6 +140,7 @@ def test_clients_per_round_as_fraction() -> None:
         ),
         (["engine.inline_bytes=-1"], r"invalid engine.inline_bytes=-1: allowed an integer >= 0"),
         (["engine.lean_ray=maybe"], r"invalid engine.lean_ray='maybe': allowed true or false"),
+        (["engine.lean_agents=1"], r"invalid engine.lean_agents=1: allowed true or false"),
         (["device=tpu"], r"invalid device='tpu'"),
         (["longtail_rho=0.5"], r"invalid longtail_rho=0.5"),
         (

@@ -28,6 +28,10 @@ def _session_processes(session_dir: str) -> list[psutil.Process]:
     return found
 
 
+def _cmd(proc: psutil.Process) -> str:
+    return " ".join(proc.cmdline())
+
+
 def _commands(procs: list[psutil.Process]) -> list[str]:
     return [" ".join(p.info["cmdline"]) for p in procs]
 
@@ -38,12 +42,43 @@ def _left_after(procs: list[psutil.Process]) -> list[str]:
     return [" ".join(p.info["cmdline"]) for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
-def _start(lean: bool) -> str:
+#: Command-line fragments of Ray's two node agents (their scripts, or the titles they set),
+#: and of fedsim's stand-in for them.
+RAY_AGENTS = (
+    "dashboard/agent.py",
+    "runtime_env/agent/main.py",
+    "ray::DashboardAgent",
+    "ray::RuntimeEnvAgent",
+)
+STUB_AGENT = "fedsim/engine/stub_agent.py"
+
+
+def _start(lean: bool, agents: bool = True) -> str:
     import ray
 
-    assert start_ray({"num_cpus": 1, "lean_ray": lean}, verbose=False)
+    assert start_ray({"num_cpus": 1, "lean_ray": lean, "lean_agents": agents}, verbose=False)
     session_dir: str = ray._private.worker.global_worker.node.get_session_dir_path()
     return session_dir
+
+
+def _agents(session_dir: str) -> tuple[int, int]:
+    """How many of the raylet's children are fedsim's stub agent, and how many Ray's agents."""
+    raylet = next(p for p in _session_processes(session_dir) if "raylet_socket" in _cmd(p))
+    kids = [_cmd(p) for p in raylet.children()]  # the agents (and any worker)
+    return sum(STUB_AGENT in c for c in kids), sum(any(m in c for m in RAY_AGENTS) for c in kids)
+
+
+def test_stub_agents_only_on_the_ray_version_they_were_checked_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from fedsim.engine import localray
+
+    monkeypatch.setattr(localray, "STUB_AGENT_RAY_VERSIONS", frozenset({"0.0.1"}))
+    session_dir = _start(True, True)
+    try:
+        assert _agents(session_dir) == (0, 2)
+    finally:
+        assert not _stopped(session_dir)
 
 
 def _stopped(session_dir: str) -> list[str]:
@@ -95,17 +130,21 @@ def _check_lean_settings(session_dir: str) -> None:
     assert not _await_raylet(node.gcs_address, "ab" * 28, timeout=0.05)
 
 
-@pytest.mark.parametrize("lean", [True, False])
-def test_local_ray_helpers_and_a_clean_stop(lean: bool) -> None:
+@pytest.mark.parametrize(("lean", "agents"), [(True, True), (True, False), (False, True)])
+def test_local_ray_helpers_and_a_clean_stop(lean: bool, agents: bool) -> None:
+    """The lean node leaves out Ray's helpers and (with ``lean_agents``) runs the stub agents
+    in place of Ray's; tasks run on it, and nothing outlives :func:`stop_ray`."""
     import ray
 
-    session_dir = _start(lean)
+    session_dir = _start(lean, agents)
     try:
         running = _commands(_session_processes(session_dir))
         assert any("gcs_server" in c for c in running) and any("raylet" in c for c in running)
         for name, fragment in HELPERS.items():
             present = any(fragment in c for c in running)
             assert present is not lean, f"{name} running={present} with lean_ray={lean}"
+        stubbed = lean and agents
+        assert _agents(session_dir) == ((2, 0) if stubbed else (0, 2))
 
         @ray.remote
         def square(x: int) -> int:
