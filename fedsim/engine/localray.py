@@ -158,7 +158,9 @@ def stub_agent_commands(command: Sequence[str]) -> list[str]:
         if len(at) != 1:
             raise ValueError(f"the raylet's command has {len(at)} {key[:-1]} options, not 1")
         options = stub_agent.agent_options(shlex.split(out[at[0]][len(key) :]))
-        needed = STUB_AGENT_OPTIONS[:2] + (STUB_AGENT_OPTIONS[3:] if "runtime" in key else ())
+        needed = ["session-dir", "node-id"]
+        if key.startswith("--runtime_env"):
+            needed.append("runtime-env-agent-port")
         missing = [name for name in needed if name not in options]
         if missing:
             raise ValueError(f"{key[:-1]} lacks {missing}")
