@@ -182,3 +182,47 @@ def test_the_raylet_start_gets_the_stubs_and_other_processes_do_not(
         (["raylet", "--head"], "raylet"),
     ]
     assert "Ray's own agents start" in caplog.text
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_without_a_pipe_the_stub_exits_with_its_parent(tmp_path: Path, pidfd: bool) -> None:
+    """With stdin not a pipe, the stub waits on its parent process itself (by pidfd, or by
+    looking now and then where there is none) and exits once the parent is gone."""
+    import psutil
+
+    parent_code = (
+        "import subprocess, sys\n"
+        "stub = subprocess.Popen([sys.executable, '-S', '-c', sys.argv[1], *sys.argv[2:]],\n"
+        "                        stdin=subprocess.DEVNULL)\n"
+        "print(stub.pid, flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    # the stub, with os.pidfd_open removed when pidfd is False
+    stub_code = (
+        "import os, runpy, sys\n"
+        + ("" if pidfd else "del os.pidfd_open\n")
+        + f"sys.argv = [{stub_agent.__file__!r}, *sys.argv[1:]]\n"
+        + f"runpy.run_path({stub_agent.__file__!r}, run_name='__main__')\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code, stub_code, f"--session-dir={tmp_path}", "--node-id=n"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert parent.stdout is not None
+    stub = psutil.Process(int(parent.stdout.readline()))
+    import time
+
+    deadline = time.monotonic() + 20
+    while not (tmp_path / "metrics_agent_port_n").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert (tmp_path / "metrics_agent_port_n").read_text() == "-1"
+    assert stub.is_running() and stub.status() != psutil.STATUS_ZOMBIE  # waits on its parent
+    parent.kill()
+    parent.wait(timeout=20)
+    try:
+        stub.wait(timeout=20)  # raises psutil.TimeoutExpired if the stub outlives its parent
+    finally:
+        if stub.is_running():
+            stub.kill()

@@ -21,6 +21,7 @@ the standard library: it starts in about 20 ms.
 from __future__ import annotations
 
 import os
+import select
 import socket
 import stat
 import sys
@@ -31,7 +32,7 @@ from collections.abc import Mapping, Sequence
 DASHBOARD_AGENT_PORTS = ("metrics_agent_port", "metrics_export_port", "dashboard_agent_listen_port")
 #: Port file of the runtime-env agent.
 RUNTIME_ENV_AGENT_PORT = "runtime_env_agent_port"
-#: Seconds between two looks at the parent when stdin is not the raylet's pipe.
+#: Seconds between two looks at the raylet when stdin is not its pipe and Linux has no pidfd.
 PARENT_POLL_S = 0.5
 
 
@@ -73,9 +74,21 @@ def persist(session_dir: str, node_id: str, name: str, port: int) -> None:
     os.replace(tmp, path)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def wait_for_parent_exit() -> None:
-    """Return once the raylet is gone: its pipe on stdin ends, or (if stdin is no pipe) this
-    process gets another parent."""
+    """Return once the raylet is gone: its pipe on stdin ends or, if stdin is no pipe, the
+    raylet's process (``RAY_RAYLET_PID``, which Ray sets for its agents, else this process's
+    parent) exits. That wait uses a pidfd where Linux has one, else a look every
+    :data:`PARENT_POLL_S` seconds."""
     try:
         is_pipe = stat.S_ISFIFO(os.fstat(0).st_mode)
     except OSError:
@@ -84,9 +97,19 @@ def wait_for_parent_exit() -> None:
         while os.read(0, 65536):
             pass
         return
-    parent = os.getppid()
-    while os.getppid() == parent:
-        time.sleep(PARENT_POLL_S)
+    raylet = int(os.environ.get("RAY_RAYLET_PID") or os.getppid())
+    try:
+        fd = os.pidfd_open(raylet)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):  # no pidfd here: look now and then
+        while _alive(raylet):
+            time.sleep(PARENT_POLL_S)
+        return
+    try:
+        select.select([fd], [], [])  # readable once the process has exited
+    finally:
+        os.close(fd)
 
 
 def main(argv: Sequence[str]) -> int:
