@@ -101,12 +101,16 @@ def clients_per_round(cfg: DictConfig) -> int:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check names and values before any work starts; raise one-line :class:`ConfigError`."""
-    from clients.learners import LOCAL
+    """Check names and values before any work starts; raise one-line :class:`ConfigError`.
+
+    The core's groups are checked here; then every whole-config check the plugins registered
+    (:data:`fedsim.registries.CONFIG_CHECKS`: learners, strategies, attacks and defenses, FAL),
+    which loads the plugins (:func:`fedsim.plugins.load_plugins`).
+    """
     from fedsim.data import DATASETS, PARTITIONERS
     from fedsim.engine import ENGINES
     from fedsim.models import MODELS
-    from strategies import STRATEGIES
+    from fedsim.registries import CONFIG_CHECKS, LOCAL, STRATEGIES
 
     for group, registry in (
         ("dataset", DATASETS),
@@ -128,7 +132,7 @@ def validate(cfg: DictConfig) -> None:
 
     check_ssfl(cfg)  # semi-supervised setting (it supplies the weak labels)
 
-    check_weak_labels(cfg)  # weak labels per client group; CE refuses partial labels
+    check_weak_labels(cfg)  # weak labels per client group (the learners check their kinds)
     _int_at_least(cfg, "rounds", 1)
     _int_at_least(cfg, "eval_every", 1)
     _int_at_least(cfg, "checkpoint_every", 0)
@@ -165,16 +169,32 @@ def validate(cfg: DictConfig) -> None:
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
         raise invalid("device", device, "auto, cpu, cuda or cuda:N")
-    from strategies import check_strategy_params
+    for _, check in CONFIG_CHECKS.items():  # the plugins' own checks, in registration order
+        check(cfg)
 
-    check_strategy_params(cfg)
-    from server.backdoor_eval import check_backdoor_config
 
-    check_backdoor_config(cfg)
-    if cfg.get("query") is not None:  # federated active learning
-        from server.fal import validate_fal
+def check_data(cfg: DictConfig, data: Any) -> None:
+    """Run the plugins' checks of the config against the loaded dataset
+    (:data:`fedsim.registries.DATA_CHECKS`; ``data`` is a :class:`fedsim.data.DatasetArrays`).
 
-        validate_fal(cfg)
+    Raises
+    ------
+    ConfigError
+        One line, e.g. a trigger that does not fit the dataset's images.
+    """
+    from fedsim.registries import DATA_CHECKS
+
+    for _, check in DATA_CHECKS.items():
+        check(cfg, data)
+
+
+def config_summary(cfg: DictConfig) -> str:
+    """One line naming the main choices of a run."""
+    return (
+        f"{cfg.dataset.name} | {cfg.partition.name} | {cfg.num_clients} clients "
+        f"({cfg.clients_per_round}/round) | {cfg.model.name} | {cfg.strategy.name} | "
+        f"{cfg.local.name} | {cfg.rounds} rounds | seed {cfg.seed}"
+    )
 
 
 def validate_engine(cfg: DictConfig) -> None:

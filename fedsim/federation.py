@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from clients.learners import ClientData
 from fedsim.data import DatasetArrays, load_dataset, longtail_indices, partition_dataset
+from fedsim.data.client_data import ClientData
 from fedsim.data.weak_clients import client_specs, generate, weak_config
 from fedsim.data.weak_labels import WeakLabels
 from fedsim.ssfl import split_server_set, ssfl_config

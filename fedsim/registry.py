@@ -3,6 +3,10 @@
 A registry maps a name to a small class or function. Registration is a decorator that refuses
 duplicates (as torchvision's ``register_model``); lookup of an unknown name raises a
 :class:`~fedsim.errors.ConfigError` that lists the valid names.
+
+A registry filled by plugins (see :mod:`fedsim.registries`) has a ``loader``: the first lookup
+that misses, and every listing, calls it first (:func:`fedsim.plugins.load_plugins`), so core code
+can look a plugin's entry up without importing the plugin package.
 """
 
 from __future__ import annotations
@@ -23,12 +27,20 @@ class Registry(Generic[T]):
     kind
         What the entries are (``"dataset"``, ``"model"``, ...). It is also the name of the Hydra
         config group that selects an entry.
+    loader
+        Called (once it has been, it is expected to return at once) before a lookup that misses
+        and before a listing: it imports the plugins that fill this registry.
     """
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, *, loader: Callable[[], None] | None = None) -> None:
         self.kind = kind
         self._entries: dict[str, T] = {}
         self._meta: dict[str, dict[str, Any]] = {}
+        self._loader = loader
+
+    def _load(self) -> None:
+        if self._loader is not None:
+            self._loader()
 
     def register(self, name: str, **meta: Any) -> Callable[[T], T]:
         """Decorator that registers an entry under ``name``, with optional metadata.
@@ -56,6 +68,8 @@ class Registry(Generic[T]):
         ConfigError
             If no entry has that name; the message lists the valid names.
         """
+        if name not in self._entries:
+            self._load()
         try:
             return self._entries[name]
         except KeyError:
@@ -70,15 +84,24 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names, sorted."""
+        self._load()
         return sorted(self._entries)
 
+    def items(self) -> list[tuple[str, T]]:
+        """``(name, entry)`` pairs in registration order."""
+        self._load()
+        return list(self._entries.items())
+
     def __contains__(self, name: object) -> bool:
+        if name not in self._entries:
+            self._load()
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
 
     def __len__(self) -> int:
+        self._load()
         return len(self._entries)
 
     def __repr__(self) -> str:

@@ -19,10 +19,9 @@ from torch import nn
 
 from fedsim.data import to_float
 from fedsim.errors import ConfigError, invalid
-from fedsim.registry import Registry
+from fedsim.registries import DEFENSES
 from server import flain as fl
 
-DEFENSES: Registry[Any] = Registry("defense")
 DEFENSES.register("none")(None)
 
 

@@ -10,7 +10,6 @@ configures exactly those (``fraction_train=1``).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -29,9 +28,7 @@ from flwr.serverapp.strategy import (
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.errors import ConfigError, invalid
-from fedsim.registry import Registry
-
-STRATEGIES: Registry[Callable[..., Strategy]] = Registry("strategy")
+from fedsim.registries import STRATEGIES
 
 #: Attributes that carry a strategy's state across rounds (saved in checkpoints).
 STATE_ATTRS = ("m_t", "v_t", "momentum_vector")

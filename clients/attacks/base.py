@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
-from clients.learners import ClientData
+from fedsim.data.client_data import ClientData
 from fedsim.errors import invalid
-from fedsim.registry import Registry
+from fedsim.registries import ATTACKS
 
-#: Attack classes by name; ``none`` maps to ``None`` (no attack).
-ATTACKS: Registry[Any] = Registry("attack")
+#: Attack classes by name (:data:`fedsim.registries.ATTACKS`); ``none`` maps to ``None``.
 ATTACKS.register("none")(None)
 
 MALICIOUS_IDS = ("first", "seeded")

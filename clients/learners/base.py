@@ -8,20 +8,25 @@ the loop.
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig
 from torch import nn
 
 from fedsim.data import to_float
+from fedsim.data.client_data import LABEL_KINDS, ClientData
 from fedsim.errors import ConfigError
-from fedsim.registry import Registry
+from fedsim.registries import LOCAL
+from fedsim.schema import check_params, spec
 
-LOCAL: Registry[type[Learner]] = Registry("local")
+#: The optimizers a learner can use (``local.optimizer``).
+OPTIMIZERS = ("sgd", "adam")
+
+__all__ = ["LABEL_KINDS", "LOCAL", "ClientData", "Learner", "TrainResult", "build_learner"]
 
 
 class SGD:
@@ -116,68 +121,6 @@ class Tally:
         return float(self.host[0]), int(self.host[1]), self.seen, int(self.host[2])
 
 
-LABEL_KINDS = ("clean", "noisy", "partial", "semi")
-
-
-@dataclass
-class ClientData:
-    """What one client holds: images (uint8, shared with the process) and its labels.
-
-    ``y`` is ``-1`` where a sample has no single label (unlabeled ``semi`` samples, and every
-    ``partial`` sample, whose label is the candidate set in ``candidates``, an ``n x C`` bool
-    matrix).
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-    mean: Sequence[float]
-    std: Sequence[float]
-    num_classes: int
-    label_kind: str = "clean"
-    candidates: torch.Tensor | None = None
-    #: The hidden true labels (a simulator knows them): only for metrics such as the accuracy of
-    #: pseudo-labels, never for training. ``None`` when unknown.
-    true_y: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-    def labeled_indices(self) -> torch.Tensor:
-        """Positions of the samples with a single given label."""
-        return torch.nonzero(self.y >= 0).flatten()
-
-    def unlabeled_indices(self) -> torch.Tensor:
-        """Positions of the samples with neither a label nor a candidate set."""
-        has_set = self.candidates.any(1) if self.candidates is not None else None
-        free = self.y < 0
-        if has_set is not None:
-            free &= ~has_set
-        return torch.nonzero(free).flatten()
-
-    def candidate_matrix(self) -> torch.Tensor:
-        """``n x C`` bool candidate sets: ``candidates``, else the one-hot given labels."""
-        if self.candidates is not None:
-            return self.candidates
-        out = torch.zeros(len(self), self.num_classes, dtype=torch.bool)
-        lab = self.y >= 0
-        out[lab, self.y[lab]] = True
-        return out
-
-    def subset(self, idx: torch.Tensor) -> ClientData:
-        """The samples at ``idx`` (same statistics and kind)."""
-        cand = self.candidates[idx] if self.candidates is not None else None
-        return ClientData(
-            x=self.x[idx],
-            y=self.y[idx],
-            mean=self.mean,
-            std=self.std,
-            num_classes=self.num_classes,
-            label_kind=self.label_kind,
-            candidates=cand,
-            true_y=self.true_y[idx] if self.true_y is not None else None,
-        )
-
-
 @dataclass
 class TrainResult:
     """Outcome of one local training call."""
@@ -204,12 +147,12 @@ class Learner:
 
     #: Kinds of labels this learner can use (checked at start, see :func:`check_label_kind`).
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean"})
-    epochs: int = 1
-    batch_size: int = 32
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    epochs: Annotated[int, spec(low=1, doc="local epochs per round")] = 1
+    batch_size: Annotated[int, spec(low=1, doc="mini-batch size")] = 32
+    optimizer: Annotated[str, spec(choices=OPTIMIZERS, doc="created anew every round")] = "sgd"
+    lr: Annotated[float, spec(low=0, low_open=True, doc="learning rate")] = 0.05
+    momentum: Annotated[float, spec(low=0, doc="SGD momentum (Adam ignores it)")] = 0.9
+    weight_decay: Annotated[float, spec(low=0, doc="L2 weight decay")] = 0.0
     #: The generator of the current training call's randomness (set by :meth:`train`).
     rng: torch.Generator = field(init=False, repr=False)
 
@@ -320,15 +263,21 @@ def check_label_kind(name: str, learner_cls: type[Learner], label_kind: str) -> 
         )
 
 
-def build_learner(name: str, params: Mapping[str, Any]) -> Learner:
+def check_local_config(cfg: DictConfig) -> None:
+    """The learners' whole-config check: every client group's local method exists, takes its
+    parameters, and can use the group's kind of labels (e.g. CE refuses partial labels)."""
+    from fedsim.data.weak_clients import local_of, used_specs
+
+    for weak, kind in used_specs(cfg):
+        name, params = local_of(cfg, weak)
+        where = "local" if weak.local is None else "weak_labels.groups[].local"
+        learner = build_learner(name, params, where=where)
+        check_label_kind(name, type(learner), kind)
+
+
+def build_learner(name: str, params: Mapping[str, Any], *, where: str = "local") -> Learner:
     """Instantiate the learner registered as ``name`` with ``params`` (checked against its
     signature, so a typo gives a one-line error listing the allowed parameters)."""
     cls = LOCAL.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"invalid local parameter {unknown[0]!r} for local method {name!r}: allowed "
-            f"{', '.join(allowed)}"
-        )
+    check_params(where, cls, params, what=f"local method {name!r}")
     return cls(**params)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from fedsim.errors import ConfigError, invalid
-from fedsim.registry import Registry
+from fedsim.registries import QUERY
 
 MODEL_MODES = ("global", "local_only", "last_local")
 
@@ -111,9 +111,6 @@ class ModelModeStrategy(QueryStrategy):
 
     def models(self) -> set[str]:
         return {self.model_mode}
-
-
-QUERY: Registry[type[QueryStrategy]] = Registry("query")
 
 
 def build_query(name: str, params: Mapping[str, Any]) -> QueryStrategy:

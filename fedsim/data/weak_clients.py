@@ -160,11 +160,10 @@ def local_of(cfg: Mapping[str, Any], spec: WeakSpec) -> tuple[str, dict[str, Any
         local = _plain(cfg["local"])
         return str(local["name"]), {k: v for k, v in local.items() if k != "name"}
     from fedsim.config import CONF_DIR
+    from fedsim.registries import LOCAL
 
     name = str(spec.local["name"])
     path = CONF_DIR / "local" / f"{name}.yaml"
-    from clients.learners import LOCAL
-
     LOCAL.get(name)  # unknown name: one line listing the valid ones
     base = _plain(OmegaConf.load(path)) if path.is_file() else {"name": name}
     base.update({k: v for k, v in spec.local.items() if k != "name"})
@@ -191,28 +190,30 @@ def client_locals(cfg: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 def check_weak_labels(cfg: Mapping[str, Any]) -> None:
     """Check ``cfg.weak_labels`` before any work: names, parameters and their values (a dry run
-    of each generator on a few fake labels), and that every client group's local method can use
-    its kind of labels (e.g. CE refuses partial labels)."""
-    from clients.learners import LOCAL
-    from clients.learners.base import check_label_kind
+    of each generator on a few fake labels).
 
+    Whether each client group's local method can use its kind of labels is the learners' own
+    check (``clients.learners``, registered in :data:`fedsim.registries.CONFIG_CHECKS`), over
+    :func:`used_specs`.
+    """
     default, groups = parse_specs(cfg)
     fake = np.arange(8) % 4
     for spec in [default, *(s for _, s in groups)]:
         x = np.zeros((8, 1, 2, 2), dtype=np.uint8)
         make_weak_labels(spec.name, fake, 1000, np.random.default_rng(0), spec.params, x=x)
+
+
+def used_specs(cfg: Mapping[str, Any]) -> list[tuple[WeakSpec, str]]:
+    """``(spec, label kind)`` of every client group that has at least one client (the default
+    spec first, when some client is in no group)."""
+    default, groups = parse_specs(cfg)
     groups_of = assign_groups(int(cfg["seed"]), int(cfg["num_clients"]), [f for f, _ in groups])
     used = {int(g) for g in groups_of}
-    for g, spec in [(-1, default), *enumerate(s for _, s in groups)]:
-        if g not in used:
-            continue
-        name, params = local_of(cfg, spec)
-        kind = WEAK_LABELS.meta(spec.name)["kind"]
-        check_label_kind(name, LOCAL.get(name), kind)
-        if spec.local is not None:
-            from clients.learners import build_learner
-
-            build_learner(name, params)
+    return [
+        (spec, str(WEAK_LABELS.meta(spec.name)["kind"]))
+        for g, spec in [(-1, default), *enumerate(s for _, s in groups)]
+        if g in used
+    ]
 
 
 def write_label_quality(

@@ -1,0 +1,28 @@
+"""The ``server`` plugin: importing it registers the post-training defenses into
+:data:`fedsim.registries.DEFENSES`, and the checks of the attack, defense and ``backdoor_eval``
+groups and of federated active learning (``query``, ``fal``).
+
+It is named by the ``fedsim.plugins`` entry-point group (``pyproject.toml``) and imported by
+:func:`fedsim.plugins.load_plugins`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig
+
+from fedsim.registries import config_check, data_check
+from server import defenses as _defenses  # noqa: F401  (registers the defenses)
+from server.backdoor_eval import check_attack_data, check_backdoor_config
+from server.fal_math import validate_fal
+
+config_check("backdoor")(check_backdoor_config)
+config_check("fal")(validate_fal)
+
+
+@data_check("attack")
+def check_attack_on_data(cfg: DictConfig, data: Any) -> None:
+    """The attack's labels and trigger against the loaded dataset."""
+    check_attack_data(cfg, data.num_classes, data.image_size)
+
