@@ -6,6 +6,7 @@ serves every phase of a cycle (:data:`~fedsim.constants.FAL_PHASE`):
 
 ``size``    reply the pool size (the server derives the budgets from the total);
 ``init``    draw the initial labeled pool (``fal-budget`` samples, seeded by run seed and partition);
+``restore`` on resume: the initial pool again plus the positions picked so far (``fal-picks``);
 ``stats``   train the local-only model from the shipped initialisation and reply FairFAL's
             ``(d_k, g_k)`` (phase A);
 ``select``  pick ``fal-budget`` unlabeled samples with the query strategy, reveal their labels and
@@ -32,6 +33,8 @@ MASK_KEY = "fal-labeled"  # ArrayRecord in Context.state: {"mask": uint8 [pool]}
 SCALARS_KEY = "fal-scalars"  # ConfigRecord in Context.state: divergence, local-model cycle
 LOCAL_MODEL_KEY = "fal-local-model"  # ArrayRecord in Context.state: L_k of the current cycle
 LAST_LOCAL_KEY = "fal-last-local"  # ArrayRecord in Context.state: last FL local model
+PHASE_RESTORE = "restore"  # a resumed run rebuilds the pool: the initial draw plus PICKS_KEY
+PICKS_KEY = "fal-picks"  # ConfigRecord key: positions picked in earlier cycles
 
 _STRATEGIES: dict[str, QueryStrategy] = {}
 _SPARE: dict[int, ClassifierModel] = {}
@@ -115,11 +118,16 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
     num_classes = data.num_classes
     if phase == C.FAL_PHASE_SIZE:
         return _reply(msg, {C.FAL_POOL_SIZE: n})
-    if phase == C.FAL_PHASE_INIT:
+    if phase in (C.FAL_PHASE_INIT, PHASE_RESTORE):
         b0 = min(int(config[C.FAL_BUDGET]), n)  # type: ignore[arg-type]
         rng = np.random.default_rng(derive_seed(rt.seed, pid, 0xFA0))
         first = np.zeros(n, dtype=bool)
         first[rng.choice(n, size=b0, replace=False)] = True
+        if phase == PHASE_RESTORE:  # a resumed run: the initial pool plus the picks so far
+            picks = np.asarray(config.get(PICKS_KEY) or [], dtype=np.int64)
+            if picks.size and (picks.min() < 0 or picks.max() >= n):
+                raise RuntimeError(f"partition {pid}: restored picks outside its {n} samples")
+            first[picks] = True
         _save_mask(context, first)
         return _reply(msg, {C.FAL_LABELED: int(first.sum()), **_hists(labels, first, num_classes)})
 

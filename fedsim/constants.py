@@ -94,7 +94,7 @@ TOTAL_SECONDS = "wall_seconds"
 TOTAL_FAILURES = "failures"
 SEED = "seed"
 
-# --- federated active learning (server/fal.py, clients/fal.py) ----------------------------------
+# --- federated active learning (server/components/fal.py, clients/fal.py) ----------------------------------
 FAL_QUERY_ACTION = "fal"  # message type "query.fal": the client side of an FAL query cycle
 FAL_PHASE = "fal-phase"  # ConfigRecord key: which step of the cycle the message asks for
 FAL_PHASE_SIZE = "size"  # reply: the client's pool size

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -13,6 +13,9 @@ from fedsim import constants as C
 from fedsim.config import validate
 from fedsim.errors import ConfigError, RunStopped
 from fedsim.outputs import write_text_atomic
+
+if TYPE_CHECKING:
+    from fedsim.engine.session import EngineSession
 
 #: Keys that may change when a run is resumed (everything else must match the saved config).
 RESUMABLE_KEYS = (
@@ -76,24 +79,34 @@ def prepare(cfg: DictConfig) -> None:
         params=dict(cfg.model.get("params") or {}),
     )
     build_strategy(cfg)
-    from server.backdoor_eval import check_attack_data
+    from fedsim.config import check_data
 
-    check_attack_data(cfg, fed.data.num_classes, fed.data.image_size)
+    check_data(cfg, fed.data)  # the plugins' checks against the data (attack, components)
     from clients.learners import build_learner
 
     build_learner(str(cfg.local.name), {k: v for k, v in cfg.local.items() if k != "name"})
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig, *, session: EngineSession | None = None) -> dict[str, Any]:
     """Run one simulated federation described by ``cfg``; return its summary.
 
     Writes the resolved config and the partition histogram, then lets the configured engine
     drive the Flower apps; the partition heatmap follows when the engine returns (or fails).
     The ServerApp writes metrics, checkpoints, TensorBoard events, the accuracy plot and
     ``summary.json`` into ``cfg.output_dir``.
+
+    Parameters
+    ----------
+    cfg
+        A composed config with ``output_dir`` set.
+    session
+        The :class:`~fedsim.engine.session.EngineSession` to run on; None: the session open in
+        this process (see :func:`fedsim.engine.session.open_session`), else a one-run session
+        (Ray starts for this run and stops when it ends).
     """
     from fedsim.config import check_simulation_device, validate_engine
     from fedsim.engine import ENGINES
+    from fedsim.engine.session import EngineSession, open_session
 
     if not cfg.get("output_dir"):
         raise ConfigError(
@@ -102,26 +115,25 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     validate_engine(cfg)  # what starting the engine reads (no torch import: milliseconds)
     check_simulation_device(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
+    session = session or open_session()
+    if session is None:
+        with EngineSession(cfg.engine, verbose=bool(cfg.get("verbose"))) as one_run:
+            return run(cfg, session=one_run)
     engine = ENGINES.get(str(cfg.engine.name))
-    pre_fn = getattr(engine, "prestart", None)
-    if pre_fn is None:
-        validate(cfg)
-        return _run(cfg, engine, None)
     # Start Ray and the workers first, then validate the rest and load the data while the
     # workers import their libraries (seconds). Bad input is still reported before any output is
-    # written, and the engine is closed. Doing both at once, in two threads, was no faster: the
-    # checker's torch import held the GIL that ray.init needs, so Ray came up in 3.2-4.8 s
-    # instead of about 2 s, and round 1 ended no sooner (8.9 s, against 9.3 s; means of 6).
-    handle = pre_fn(cfg)
+    # written. Doing both at once, in two threads, was no faster: the checker's torch import
+    # held the GIL that ray.init needs, so Ray came up in 3.2-4.8 s instead of about 2 s, and
+    # round 1 ended no sooner (8.9 s, against 9.3 s; means of 6).
+    handle = session.begin(cfg)
+    failed = True
     try:
         _validate_and_load(cfg)
-    except BaseException:
-        handle.close()
-        raise
-    try:
-        return _run(cfg, engine, handle)
+        summary = _run(cfg, engine, handle)
+        failed = False
+        return summary
     finally:
-        handle.close()
+        session.end(handle, failed=failed)
 
 
 def _validate_and_load(cfg: DictConfig) -> None:

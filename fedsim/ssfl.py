@@ -10,7 +10,7 @@ per-client seeds derived from ``cfg.seed``):
   samples labeled; the rest is unlabeled.
 - ``labels_at_server``: the server holds a labeled set drawn (seeded) from the training pool and
   removed from it before partitioning (:func:`split_server_set`); the clients hold unlabeled data
-  only. The workflow's server step (:mod:`server.ssfl`) trains on that set.
+  only. The workflow's server step (:mod:`server.components.ssfl`) trains on that set.
 - ``partial_client``: ``labeled_clients`` clients (a seeded choice) are fully labeled, the rest
   fully unlabeled.
 

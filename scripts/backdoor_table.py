@@ -79,7 +79,7 @@ def overrides(args: argparse.Namespace, rule: str, mcr: float, out: Path) -> lis
 def run_one(args: argparse.Namespace, rule: str, mcr: float) -> dict:
     from fedsim.config import compose
     from fedsim.runner import run
-    from server.backdoor import posthoc_defense
+    from server.components.defense import posthoc_defense
 
     out = Path(args.runs_dir) / f"mcr{mcr}_{rule}"
     done = out / "table_result.json"
@@ -231,7 +231,7 @@ def main() -> None:
 def tolerance_sweep(args: argparse.Namespace, mcr: float, tolerances: list[float]) -> list[dict]:
     """FLAIN (reference mode) with other tolerances on a FedAvg run's final model (post hoc; a
     sensitivity check beyond the reference, which uses tolerance 0 on MNIST)."""
-    from server.backdoor import posthoc_defense
+    from server.components.defense import posthoc_defense
 
     run_dir = Path(args.runs_dir) / f"mcr{mcr}_fedavg"
     rows = []

@@ -1,4 +1,5 @@
-"""fedsim's Flower ServerApp: it runs the FL workflow with a strategy from ``strategies``.
+"""fedsim's Flower ServerApp: it runs the one FL workflow with the components the config turns on
+(:mod:`server.components`) and a strategy from ``strategies``.
 
 The same app runs under ``fedsim run`` (simulation) and under ``flwr run`` (deployment); it reads
 the whole fedsim config from Flower's run config. In deployment it also writes the resolved
@@ -18,22 +19,9 @@ from fedsim import constants as C
 from fedsim.config import from_run_config
 from fedsim.errors import ConfigError, RunStopped
 from fedsim.outputs import write_text_atomic
-from server.workflow import FLWorkflow
+from server.workflow import Workflow
 
 app = ServerApp()
-
-
-def workflow_for(cfg: DictConfig) -> type[FLWorkflow]:
-    """The workflow class that runs ``cfg`` (backdoor metrics and defenses when configured)."""
-    from server.backdoor import workflow_class
-    from server.fal import FALWorkflow
-    from server.ssfl import SSFLWorkflow, uses_ssfl
-
-    if cfg.get("query") is not None:  # federated active learning
-        return FALWorkflow
-    if uses_ssfl(cfg):  # semi-supervised FL (server step, pseudo-label metrics)
-        return SSFLWorkflow
-    return workflow_class(cfg)
 
 
 def deployment_config(cfg: DictConfig, run_id: int) -> DictConfig:
@@ -72,7 +60,7 @@ def main(grid: Grid, context: Context) -> None:
         write_text_atomic(run_dir / C.CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True))
     (run_dir / C.STOPPED_FILE).unlink(missing_ok=True)
     try:
-        workflow_for(cfg)(cfg, run_dir).run(grid)
+        Workflow(cfg, run_dir).run(grid)
     except RunStopped as e:
         write_text_atomic(run_dir / C.STOPPED_FILE, f"{e}\n")
         raise

@@ -11,8 +11,8 @@ import torch
 from omegaconf import DictConfig
 
 from clients.query import QUERY, build_query
-from fedsim.data import to_float
 from fedsim.errors import ConfigError, invalid
+from fedsim.evaluation import evaluate_per_class as _evaluate_per_class
 from fedsim.models import ClassifierModel
 
 RESETS = ("random", "continue")
@@ -93,21 +93,17 @@ def evaluate_per_class(
     num_classes: int,
 ) -> tuple[float, float, list[float]]:
     """Mean cross-entropy, accuracy and per-class accuracy (NaN for a class absent from ``y``)
-    of ``model`` on ``(x, y)``, in batches."""
-    model.eval()
-    preds, loss = [], 0.0
-    for s in range(0, int(x.shape[0]), batch_size):
-        logits = model(to_float(x[s : s + batch_size].to(device), mean, std))
-        yb = y[s : s + batch_size].to(device)
-        loss += float(torch.nn.functional.cross_entropy(logits, yb, reduction="sum"))
-        preds.append(logits.argmax(1).cpu())
-    p = torch.cat(preds).numpy()
-    t = y.numpy()
-    pca = [
-        float((p[t == c] == c).mean()) if (t == c).any() else float("nan")
-        for c in range(num_classes)
-    ]
-    return loss / max(len(t), 1), float((p == t).mean()), pca
+    of ``model`` on ``(x, y)``: :func:`fedsim.evaluation.evaluate_per_class`."""
+    return _evaluate_per_class(
+        model,
+        x,
+        y,
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=batch_size,
+        num_classes=num_classes,
+    )
 
 
 def validate_fal(cfg: DictConfig) -> None:
@@ -141,5 +137,3 @@ def validate_fal(cfg: DictConfig) -> None:
         raise invalid(
             "fal.local_only.milestone_unit", fal.local_only.milestone_unit, "iteration, epoch"
         )
-    if cfg.get("resume"):
-        raise ConfigError("resume is not supported for FAL runs (query=...): start a new run")

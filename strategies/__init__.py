@@ -29,9 +29,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.errors import ConfigError, invalid
 from fedsim.registries import STRATEGIES
+from strategies.state import Stateful
 
-#: Attributes that carry a strategy's state across rounds (saved in checkpoints).
-STATE_ATTRS = ("m_t", "v_t", "momentum_vector")
+
+class StatefulFedAvgM(Stateful, FedAvgM):
+    """Flower's FedAvgM; its momentum and current model are checkpointed."""
+
+    state_attrs = ("momentum_vector", "current_arrays")
+
+
+class StatefulFedAdam(Stateful, FedAdam):
+    """Flower's FedAdam; its moments are checkpointed."""
+
+    state_attrs = ("m_t", "v_t")
+
+
+class StatefulFedYogi(Stateful, FedYogi):
+    """Flower's FedYogi; its moments are checkpointed."""
+
+    state_attrs = ("m_t", "v_t")
 
 
 def _common() -> dict[str, Any]:
@@ -62,7 +78,7 @@ def fedprox(*, mu: float = 0.01) -> Strategy:
 @STRATEGIES.register("fedavgm")
 def fedavgm(*, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> Strategy:
     """FedAvgM (Hsu et al., 2019): FedAvg with server momentum."""
-    return FedAvgM(
+    return StatefulFedAvgM(
         server_learning_rate=server_learning_rate, server_momentum=server_momentum, **_common()
     )
 
@@ -77,7 +93,7 @@ def fedadam(
     tau: float = 0.001,
 ) -> Strategy:
     """FedAdam (Reddi et al., 2021)."""
-    return FedAdam(eta=eta, eta_l=eta_l, beta_1=beta_1, beta_2=beta_2, tau=tau, **_common())
+    return StatefulFedAdam(eta=eta, eta_l=eta_l, beta_1=beta_1, beta_2=beta_2, tau=tau, **_common())
 
 
 @STRATEGIES.register("fedyogi")
@@ -90,7 +106,7 @@ def fedyogi(
     tau: float = 0.001,
 ) -> Strategy:
     """FedYogi (Reddi et al., 2021)."""
-    return FedYogi(eta=eta, eta_l=eta_l, beta_1=beta_1, beta_2=beta_2, tau=tau, **_common())
+    return StatefulFedYogi(eta=eta, eta_l=eta_l, beta_1=beta_1, beta_2=beta_2, tau=tau, **_common())
 
 
 @STRATEGIES.register("fedmedian")

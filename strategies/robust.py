@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -111,7 +112,7 @@ class NormClipping(UpdateRule):
 
 class FLTrust(UpdateRule):
     """Needs :attr:`server_update`: a callable giving the server's root-set update for the global
-    arrays (the backdoor workflow sets it; see :mod:`server.backdoor`)."""
+    arrays (the backdoor workflow sets it; see :mod:`server.components.fltrust`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -136,12 +137,30 @@ class Flame(UpdateRule):
 
 
 class FoolsGold(UpdateRule):
-    """Keeps each node's summed past updates (``history``, keyed by node id)."""
+    """Keeps each node's summed past updates (``history``, keyed by node id); checkpointed by
+    partition id (node ids change from run to run)."""
 
     def __init__(self, kappa: float) -> None:
         super().__init__()
         self.kappa = kappa
         self.history: dict[int, np.ndarray] = {}
+        self.node_of: dict[int, int] = {}  # partition id -> node id (set by the workflow)
+
+    def bind_partitions(self, node_of: dict[int, int]) -> None:
+        """Learn this run's partition-id -> node-id map (see :mod:`strategies.state`)."""
+        self.node_of = dict(node_of)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The history keyed by partition id."""
+        pid_of = {nid: pid for pid, nid in self.node_of.items()}
+        missing = [nid for nid in self.history if nid not in pid_of]
+        if missing:
+            raise RuntimeError(f"foolsgold: no partition id known for node(s) {missing[:5]}")
+        return {"history": {pid_of[nid]: h.copy() for nid, h in self.history.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the history saved by :meth:`state_dict` onto this run's node ids."""
+        self.history = {self.node_of[int(p)]: np.array(h) for p, h in state["history"].items()}
 
     def combine(self, server_round, U, weights, node_ids):  # type: ignore[no-untyped-def]
         for nid, u in zip(node_ids, U, strict=True):

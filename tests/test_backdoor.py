@@ -14,9 +14,8 @@ from fedsim import constants as C
 from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.runner import prepare
-from server.backdoor import BackdoorWorkflow, workflow_class
+from server.components import build_components
 from server.backdoor_eval import backdoor_metrics, holdout_split
-from server.workflow import FLWorkflow
 
 
 def test_holdout_takes_first_per_class_for_aux_and_removes_both_sets() -> None:
@@ -72,11 +71,20 @@ def test_asr_ra_and_source_accuracy_on_a_constructed_model() -> None:
     assert m[C.BACKDOOR_ASR] == 0.0 and m[C.BACKDOOR_RA] == 0.75  # clean images, no trigger
 
 
-def test_workflow_choice() -> None:
-    assert workflow_class(compose()) is FLWorkflow
-    assert workflow_class(compose(["attack=cba"])) is BackdoorWorkflow
-    assert workflow_class(compose(["strategy=fltrust"])) is BackdoorWorkflow
-    assert workflow_class(compose(["dataset=mnist", "defense=flain"])) is BackdoorWorkflow
+def test_components_follow_the_config() -> None:
+    def names(overrides: list[str]) -> list[str]:
+        return [c.name for c in build_components(compose(overrides))]
+
+    assert names([]) == []
+    assert names(["attack=cba"]) == ["backdoor"]
+    assert names(["strategy=fltrust"]) == ["backdoor", "fltrust"]
+    assert names(["dataset=mnist", "defense=flain"]) == ["backdoor", "defense"]
+    assert names(["query=entropy", "attack=cba", "defense=flain", "strategy=fltrust"]) == [
+        "backdoor",
+        "fltrust",
+        "fal",
+        "defense",
+    ]
 
 
 def test_backdoor_tags_are_tensorboard_scalars() -> None:

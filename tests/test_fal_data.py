@@ -9,7 +9,7 @@ import pytest
 from fedsim.data import longtail_counts, longtail_indices, partition_dataset
 from fedsim.data.dir_balance import largest_remainder, sinkhorn_rows_cols
 from fedsim.errors import ConfigError
-from server.fal import aulc, class_balance, fal_budgets, tail_classes
+from server.fal_math import aulc, class_balance, fal_budgets, tail_classes
 
 
 @pytest.mark.parametrize(

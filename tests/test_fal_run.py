@@ -12,7 +12,7 @@ from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.outputs import read_metrics
 from fedsim.runner import prepare, run
-from server.fal import aulc
+from server.fal_math import aulc
 
 OVERRIDES = [
     "rounds=2",

@@ -28,8 +28,8 @@ from fedsim.federation import build_federation
 from fedsim.models import build_model
 from fedsim.records import array_record, torch_state
 from fedsim.ssfl import split_server_set
-from server.ssfl import SSFLWorkflow, pooled_pseudo_labels, server_step_enabled
-from server.workflow import FLWorkflow
+from server.components.ssfl import SemiSupervised, pooled_pseudo_labels, server_step_enabled
+from server.workflow import Workflow
 
 
 # ---- pure math ----------------------------------------------------------------------------------
@@ -188,20 +188,24 @@ def test_server_step_runs_only_with_labels_at_the_server(
 ) -> None:
     cfg = compose(["num_clients=5", "clients_per_round=5", f"ssfl={setting}", "local=fixmatch"])
     validate(cfg)
-    wf = SSFLWorkflow(cfg, tmp_path)
-    wf.federation = build_federation(cfg)
-    wf.device = torch.device("cpu")
-    model = wf.initial_model()  # labels-at-server: the warm start trains it
-    fresh = FLWorkflow.initial_model(wf)
+    cfg.device = "cpu"
+    wf = Workflow(cfg, tmp_path)
+    wf.setup()
+    ssfl = wf.component("ssfl")
+    assert isinstance(ssfl, SemiSupervised) == (setting != "none")
+    fresh = wf.build_model()
+    model = wf.build_model()
+    if ssfl is not None:
+        ssfl.on_initial_model(wf, model)  # labels-at-server: the warm start trains it
     warm = any(
         not torch.equal(a, b)
         for a, b in zip(model.state_dict().values(), fresh.state_dict().values(), strict=True)
     )
     assert warm == (setting == "labels_at_server") == server_step_enabled(cfg)
     arrays = array_record(fresh.state_dict())
-    # the clients' part of the round is stubbed: it returns the model unchanged
-    monkeypatch.setattr(FLWorkflow, "train_round", lambda self, g, s, r, a, p: (a, {}, 0))
-    new, metrics, _ = wf.train_round(None, None, 1, arrays, [0, 1])  # type: ignore[arg-type]
+    # the clients' part of the round is skipped: after_aggregate sees the model unchanged
+    metrics: dict[str, Any] = {}
+    new = ssfl.after_aggregate(wf, 1, arrays, metrics) if ssfl is not None else arrays
     changed = any(
         not torch.equal(torch_state(new)[k], torch_state(arrays)[k]) for k in torch_state(arrays)
     )
@@ -218,9 +222,12 @@ def test_supervised_only_skips_clients_without_labels(tmp_path: Any) -> None:
         cfg = compose(
             ["num_clients=5", "clients_per_round=5", f"ssfl={setting}", "local=supervised"]
         )
-        wf = SSFLWorkflow(cfg, tmp_path)
-        wf.federation = build_federation(cfg)
-        assert sum(wf.can_train(p) for p in range(5)) == expected
+        cfg.device = "cpu"
+        wf = Workflow(cfg, tmp_path)
+        wf.setup()
+        ssfl = wf.component("ssfl")
+        assert isinstance(ssfl, SemiSupervised)
+        assert len(ssfl.trainers(wf, list(range(5)))) == expected
 
 
 # ---- learners on toy data -----------------------------------------------------------------------

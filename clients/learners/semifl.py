@@ -13,7 +13,7 @@ is at least ``threshold`` (0.95). It then trains ``epochs`` local epochs over th
 Samples with a given label (the labels-at-client and partial-client settings, where SemiFL is an
 extension: the reference has unlabeled clients only) use it instead of a pseudo-label, with CE on
 the weak view. The server side (fine-tuning on the server's labeled set every round) is the
-workflow's server step (:mod:`server.ssfl`), not part of the learner.
+workflow's server step (:mod:`server.components.ssfl`), not part of the learner.
 
 With ``equal_weights`` (the reference) the client reports one example, so FedAvg averages the
 clients with equal weights; a client with nothing to train on (no label, no confident

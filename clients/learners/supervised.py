@@ -14,3 +14,5 @@ class Supervised(Learner):
     partial labels."""
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy", "semi"})
+    #: it ignores unlabeled samples, so a client without labels has nothing to train on
+    labeled_only: ClassVar[bool] = True
