@@ -171,20 +171,11 @@ def share_actor_pool(cfg: object) -> None:
     """
     import atexit
 
-    from fedsim.engine import fast
+    from fedsim.engine import EngineSession
 
-    pool = fast.Prestart(cfg).begin()  # type: ignore[arg-type]
-    atexit.register(pool.close)
-
-    class _Shared:
-        @property
-        def actors(self) -> list:
-            return pool.actors
-
-        def close(self) -> None:  # keep the actors for the next run
-            pass
-
-    fast.run_fast.prestart = lambda _cfg: _Shared()  # type: ignore[attr-defined]
+    session = EngineSession(cfg.engine)  # type: ignore[attr-defined]
+    session.__enter__()  # every fedsim.runner.run in this process runs on it
+    atexit.register(session.__exit__, None, None, None)
 
 
 def pct(values: list[float]) -> str:

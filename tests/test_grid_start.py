@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 
 from fedsim.engine.grid import FastGrid, WorkerStartError
+from fedsim.engine.session import EngineSession
 
 
 @pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
+def local_ray(engine_session: EngineSession) -> Iterator[None]:
     from fedsim.engine.localray import start_ray, stop_ray
 
+    engine_session.close()  # a Ray of its own, with no session actors on its CPUs
     started = start_ray({"num_cpus": 2, "lean_ray": True}, verbose=False)
     try:
         yield

@@ -10,6 +10,9 @@ import pytest
 
 from fedsim.engine.localray import LEAN_SYSTEM_CONFIG, lean_node_params, start_ray, stop_ray
 
+# These tests start and stop Ray themselves: the shared session's Ray is stopped first.
+pytestmark = pytest.mark.usefixtures("no_engine_session")
+
 #: Command-line fragments of the Python helpers that plain ``ray.init`` starts.
 HELPERS = {
     "dashboard server": "dashboard/dashboard.py",
@@ -167,7 +170,7 @@ def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
     import ray
 
     from fedsim.config import compose
-    from fedsim.engine import fast
+    from fedsim.engine import localray, session
     from fedsim.errors import ConfigError
     from fedsim.runner import run
 
@@ -181,7 +184,8 @@ def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
         )
         stop_ray()
 
-    monkeypatch.setattr(fast, "stop_ray", stop_and_record)
+    monkeypatch.setattr(localray, "stop_ray", stop_and_record)
+    monkeypatch.setattr(session, "_open_session", None)  # no session open: a one-run session
     with pytest.raises(ConfigError, match="nowhere"):
         run(cfg)
     assert not (tmp_path / "run").exists()

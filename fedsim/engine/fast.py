@@ -22,7 +22,6 @@ from omegaconf import DictConfig
 
 from fedsim.config import to_run_config
 from fedsim.engine import ENGINES
-from fedsim.engine.localray import start_ray, stop_ray
 from fedsim.errors import ConfigError
 
 log = logging.getLogger("fedsim")
@@ -57,74 +56,108 @@ def _dataset_payload(cfg: DictConfig) -> dict[str, Any]:
     return {"fields": values, "root": str(cfg.dataset.root), "download": bool(cfg.dataset.download)}
 
 
-def _ray_init(cfg: DictConfig) -> bool:
-    """Start (or join) Ray for ``cfg``; True when this call did (see :func:`start_ray`)."""
-    return start_ray(cfg.engine, verbose=bool(cfg.get("verbose")))
+#: Seconds :meth:`ActorPool.answers` waits for idle actors to answer a ping.
+PING_TIMEOUT_S = 10.0
 
 
-class Prestart:
-    """Starts Ray and creates the actor pool without waiting for the actors, so that they import
-    their libraries while the driver loads the data (both take seconds). Ray is initialised in the
-    caller's thread: Ray's driver API must stay in the thread that started it."""
+class ActorPool:
+    """The Ray actors of ``engine=fast`` (:class:`~fedsim.engine.worker.ClientWorker`), kept
+    for the runs of an :class:`~fedsim.engine.session.EngineSession` while their resources stay
+    the same.
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-        self.started_ray = False
+    Parameters
+    ----------
+    client_cpus, client_gpus
+        Ray resources per actor (``engine.client_cpus``, ``engine.client_gpus``).
+
+    Notes
+    -----
+    Actors are created by :meth:`take` without waiting for them, so that they import their
+    libraries while the driver loads the data (both take seconds). Ray is initialised by the
+    session in the caller's thread: Ray's driver API must stay in the thread that started it.
+    """
+
+    def __init__(self, client_cpus: float, client_gpus: float) -> None:
+        self.client_cpus = client_cpus
+        self.client_gpus = client_gpus
         self.actors: list[Any] = []
-        self._pings: list[Any] = []
 
-    def begin(self) -> Prestart:
-        """Start Ray (if needed) and the actors; return at once."""
+    def fits(self, client_cpus: float, client_gpus: float) -> bool:
+        """Whether the actors have these resources each."""
+        return (self.client_cpus, self.client_gpus) == (client_cpus, client_gpus)
+
+    def take(self, num_clients: int) -> list[Any]:
+        """The actors for a run of ``num_clients`` clients: as many as fit in the cluster (at
+        most one per client), creating those missing (not awaited).
+
+        Raises
+        ------
+        ConfigError
+            If no Ray node can host one actor.
+        """
         import ray
 
-        self.started_ray = _ray_init(self.cfg)
+        from fedsim.engine.worker import ClientWorker  # after Ray's start: numpy, 0.06-0.1 s
+
+        cpus, gpus = self.client_cpus, self.client_gpus
+        n_actors = pool_size(cpus, gpus)
+        if n_actors < 1:
+            raise ConfigError(
+                f"no Ray node can host a client with engine.client_cpus={cpus} and "
+                f"engine.client_gpus={gpus}: Ray sees {ray.cluster_resources()}"
+            )
+        n_actors = min(n_actors, num_clients)
+        remote = ray.remote(ClientWorker).options(num_cpus=cpus, num_gpus=gpus)
+        while len(self.actors) < n_actors:
+            actor: Any = remote.remote()
+            actor.ping.remote()  # imports the ClientApp now, before the run's first call
+            self.actors.append(actor)
+        return self.actors[:n_actors]
+
+    def answers(self, timeout: float = PING_TIMEOUT_S) -> bool:
+        """Whether every actor answers a ping within ``timeout`` seconds (idle actors answer in
+        milliseconds; a dead one raises)."""
+        import ray
+
         try:
-            from fedsim.engine.worker import ClientWorker  # after Ray's start: numpy, 0.06-0.1 s
-
-            cpus, gpus = float(self.cfg.engine.client_cpus), float(self.cfg.engine.client_gpus)
-            n_actors = pool_size(cpus, gpus)
-            if n_actors < 1:
-                raise ConfigError(
-                    f"no Ray node can host a client with engine.client_cpus={cpus} and "
-                    f"engine.client_gpus={gpus}: Ray sees {ray.cluster_resources()}"
-                )
-            n_actors = min(n_actors, int(self.cfg.num_clients))
-            remote = ray.remote(ClientWorker).options(num_cpus=cpus, num_gpus=gpus)
-            self.actors = [remote.remote() for _ in range(n_actors)]
-            self._pings = [a.ping.remote() for a in self.actors]
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def result(self) -> list[Any]:
-        """The actors, once each has imported the ClientApp (:func:`run_fast` does not wait:
-        it uses :attr:`actors` and lets the grid wait for each actor's ``load``)."""
-        import ray
-
-        ray.get(self._pings)
-        return self.actors
+            ready, _ = ray.wait(
+                [a.ping.remote() for a in self.actors],
+                num_returns=len(self.actors),
+                timeout=timeout,
+            )
+            ray.get(ready)
+        except Exception:
+            return False
+        return len(ready) == len(self.actors)
 
     def close(self) -> None:
-        """Stop the actors, and Ray if this started it (idempotent)."""
+        """Stop the actors (idempotent)."""
         import ray
 
-        for a in self.actors:
+        actors, self.actors = self.actors, []
+        for a in actors:
             ray.kill(a)
-        self.actors = []
-        if self.started_ray:
-            stop_ray()
-            self.started_ray = False
 
 
-def prestart(cfg: DictConfig) -> Prestart:
-    """Begin bringing up Ray and the actors for ``cfg`` (see :class:`Prestart`)."""
-    return Prestart(cfg).begin()
+class FastRun:
+    """The actors of one run (what :func:`run_fast` takes as ``prestarted``).
+
+    ``reusable`` is set by :func:`run_fast` when the run ended with no call in flight, so
+    that the session may give the actors to its next run.
+    """
+
+    def __init__(self, actors: list[Any]) -> None:
+        self.actors = actors
+        self.reusable = False
 
 
 @ENGINES.register("fast")
-def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
-    """Run the fedsim apps for ``cfg`` on fedsim's actor-pool grid."""
+def run_fast(cfg: DictConfig, prestarted: FastRun | None = None) -> None:
+    """Run the fedsim apps for ``cfg`` on fedsim's actor-pool grid.
+
+    ``prestarted``: the run's actors, from :meth:`EngineSession.begin
+    <fedsim.engine.session.EngineSession.begin>`; None: a one-run session provides them.
+    """
     import ray
     from flwr.app import Context, RecordDict
     from flwr.common.constant import SUPERLINK_NODE_ID
@@ -134,8 +167,23 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
     from server.app import app as server_app
     from server.messaging import ENGINE_STOP
 
+    if prestarted is None:
+        from fedsim.engine.session import EngineSession, open_session
+
+        session = open_session()
+        if session is None:
+            with EngineSession(cfg.engine, verbose=bool(cfg.get("verbose"))):
+                return run_fast(cfg)
+        handle = session.begin(cfg)
+        failed = True
+        try:
+            run_fast(cfg, handle)
+            failed = False
+        finally:
+            session.end(handle, failed=failed)
+        return
     ENGINE_STOP.clear()  # another engine may have set it when it stopped in this process
-    pre = prestarted or prestart(cfg)
+    pre = prestarted
     frozen = False
     try:
         # The actors load the data after their ping (an actor runs its calls in order) while
@@ -185,10 +233,7 @@ def run_fast(cfg: DictConfig, prestarted: Prestart | None = None) -> None:
         gc.freeze()
         frozen = True
         server_app(grid, context)
+        pre.reusable = grid.idle()
     finally:
         if frozen:
             gc.unfreeze()
-        pre.close()
-
-
-run_fast.prestart = prestart  # type: ignore[attr-defined]

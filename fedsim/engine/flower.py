@@ -55,6 +55,13 @@ def backend_config(cfg: DictConfig) -> dict[str, Any]:
 @ENGINES.register("flower")
 def run_flower(cfg: DictConfig, prestarted: None = None) -> None:
     """Run the fedsim apps for ``cfg`` under Flower's simulation runtime."""
+    # Import Ray here, in this thread, before Flower starts the ServerApp's thread: Flower
+    # imports its Ray backend (and so Ray, about a second) only after that thread started, and
+    # the ServerApp's device check (fedsim.config.ray_actor_has_gpu) looks Ray up in
+    # sys.modules, where a module being imported by another thread is already listed but only
+    # partly initialised ("partially initialized module 'ray' has no attribute
+    # 'is_initialized'").
+    import ray  # noqa: F401
     from flwr.app import Context, RecordDict
     from flwr.common.constant import RUN_ID_NUM_BYTES, SUPERLINK_NODE_ID, TASK_ID_NUM_BYTES
     from flwr.server.superlink.linkstate.utils import generate_rand_int_from_bytes

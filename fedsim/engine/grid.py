@@ -194,6 +194,11 @@ class FastGrid(Grid):
             return
         self._collect(block=timeout)
 
+    def idle(self) -> bool:
+        """Whether no call is in flight (not in Flower's Grid API: the session keeps the
+        actors of a run that ended idle for its next run)."""
+        return not self._inflight
+
     # -- scheduling -------------------------------------------------------------------------------
     def _dispatch(self) -> None:
         while self._queue:

@@ -21,7 +21,9 @@ On 2 cores ``ray.init`` took 3.7-4.3 s and its processes 5.3-7.0 CPU-s; the lean
 measures the effect on a whole run). Ray offers no
 public switch for these helpers, so the lean start builds Ray's head node itself, from the
 classes ``ray.init`` uses (``ray._private``; Flower pins the Ray version, 2.55.1). If that fails
-on another Ray it falls back to ``ray.init`` with a warning. ``lean_ray=false`` uses ``ray.init``.
+(on another Ray, say), or the raylet has not registered within :data:`LEAN_START_TIMEOUT_S`, the
+lean node is stopped and ``ray.init`` starts Ray instead, with one warning. ``lean_ray=false``
+uses ``ray.init``.
 """
 
 from __future__ import annotations
@@ -95,9 +97,18 @@ def lean_node_params(args: Mapping[str, Any]) -> dict[str, Any]:
 RAYLET_POLL_S = 0.01
 
 
-def _await_raylet(gcs_address: str, node_id: str, *, timeout: float = 30.0) -> bool:
+#: Seconds the lean start may take until its raylet registers; then :func:`start_ray` stops
+#: the lean node and starts Ray with ``ray.init`` (a normal lean start takes 1-2 s on 2 cores).
+LEAN_START_TIMEOUT_S = 30.0
+
+
+class LeanStartTimeout(RuntimeError):
+    """The lean node's raylet did not register within :data:`LEAN_START_TIMEOUT_S`."""
+
+
+def _await_raylet(gcs_address: str, node_id: str, *, timeout: float = 30.0) -> bool | None:
     """Wait until the raylet of ``node_id`` has registered with the GCS at ``gcs_address``;
-    True once it has, False on timeout or if the GCS cannot be asked (the caller then waits
+    True once it has, False on timeout, None if the GCS cannot be asked (the caller then waits
     Ray's own way).
 
     Ray's head node waits for its raylet by asking the GCS for the node, a call that checks,
@@ -115,7 +126,7 @@ def _await_raylet(gcs_address: str, node_id: str, *, timeout: float = 30.0) -> b
         state = GlobalState()
         state._initialize_global_state(_get_gcs_client_options(gcs_address))
     except Exception:  # another Ray's internals: wait Ray's own way
-        return False
+        return None
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
@@ -125,7 +136,7 @@ def _await_raylet(gcs_address: str, node_id: str, *, timeout: float = 30.0) -> b
             time.sleep(RAYLET_POLL_S)
         return False
     except Exception:
-        return False
+        return None
     finally:
         state.disconnect()
 
@@ -193,6 +204,14 @@ def _stubbed_agents() -> Iterator[None]:
 
 
 def _start_lean(args: Mapping[str, Any], *, stub_agents: bool) -> Any:
+    """Start the lean head node and connect this driver to it; return the node.
+
+    Raises
+    ------
+    LeanStartTimeout
+        If the raylet has not registered within :data:`LEAN_START_TIMEOUT_S` (the node's
+        processes are stopped first).
+    """
     import ray
     from ray._private.node import Node
     from ray._private.parameter import RayParams
@@ -213,7 +232,10 @@ def _start_lean(args: Mapping[str, Any], *, stub_agents: bool) -> Any:
         def start_ray_processes(self) -> None:
             """Start the raylet, then wait for it to register (see :func:`_await_raylet`)."""
             super().start_ray_processes()
-            _await_raylet(self.gcs_address, self._node_id)
+            bound = LEAN_START_TIMEOUT_S
+            if _await_raylet(self.gcs_address, self._node_id, timeout=bound) is False:
+                self.kill_all_processes(check_alive=False, allow_graceful=False)
+                raise LeanStartTimeout(f"its raylet did not register within {bound:g} s")
 
     node = LeanNode(
         ray_params=RayParams(**lean_node_params(args)),
@@ -234,9 +256,18 @@ def _start_lean(args: Mapping[str, Any], *, stub_agents: bool) -> Any:
     return node
 
 
-def start_ray(engine: Mapping[str, Any], *, verbose: bool) -> bool:
-    """Start (or join) Ray for ``engine=fast``; True when this call started or joined it, False
-    when Ray was already initialised in this process (then :func:`stop_ray` is not for it)."""
+def start_ray(
+    engine: Mapping[str, Any], *, verbose: bool, log_to_driver: bool | None = None
+) -> bool:
+    """Start (or join) Ray for an ``engine`` config; True when this call started or joined it,
+    False when Ray was already initialised in this process (then :func:`stop_ray` is not for it).
+
+    Without ``engine.ray_address`` this always starts a new local Ray (see
+    :func:`fedsim.engine.ray_init_args`): the lean node if ``engine.lean_ray``, falling back to
+    ``ray.init`` with one warning when the lean start fails or times out. ``log_to_driver``:
+    whether ``ray.init`` forwards the workers' output (None: Ray's default; the lean node never
+    does).
+    """
     import ray
 
     from fedsim.engine import ray_init_args
@@ -245,7 +276,9 @@ def start_ray(engine: Mapping[str, Any], *, verbose: bool) -> bool:
     if ray.is_initialized():
         return False
     args = ray_init_args(engine, verbose=verbose)
-    if "address" in args:  # joining a cluster: its workers get the path through the runtime env
+    if log_to_driver is not None:
+        args["log_to_driver"] = log_to_driver
+    if engine.get("ray_address"):  # a cluster: its workers get the path through the runtime env
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": _worker_pythonpath()}}, **args)
         return True
     # The path goes through the environment rather than a runtime env, which Ray's runtime-env
@@ -256,9 +289,28 @@ def start_ray(engine: Mapping[str, Any], *, verbose: bool) -> bool:
             try:
                 _lean_node = _start_lean(args, stub_agents=engine.get("lean_agents", False))
                 return True
-            except (AttributeError, TypeError, ImportError) as e:  # another Ray's internals
-                log.warning("fedsim: lean Ray start failed (%s); using ray.init", e)
+            except Exception as e:  # another Ray's internals, or a start that hangs
+                log.warning(
+                    "fedsim: lean Ray start failed (%s: %s); using ray.init", type(e).__name__, e
+                )
+                if ray.is_initialized():
+                    ray.shutdown()
         ray.init(**args)
+    return True
+
+
+def reattach(*, verbose: bool) -> bool:
+    """Connect this driver again to the lean node :func:`start_ray` started, after something
+    (Flower's Ray backend, at the end of a run) called ``ray.shutdown()``; True if it did."""
+    import ray
+
+    if _lean_node is None or ray.is_initialized():
+        return False
+    ray.init(
+        address=_lean_node.address,
+        logging_level=logging.INFO if verbose else logging.WARNING,
+        log_to_driver=False,
+    )
     return True
 
 

@@ -102,6 +102,7 @@ class ClientWorker:
         import torch
         from flwr.app import Context, RecordDict
 
+        gc.unfreeze()  # a worker kept for another run: what the last load froze may go
         self._dataset = dataset
         self._ready = False
         self._setup()
