@@ -26,3 +26,19 @@ def check_attack_on_data(cfg: DictConfig, data: Any) -> None:
     """The attack's labels and trigger against the loaded dataset."""
     check_attack_data(cfg, data.num_classes, data.image_size)
 
+
+@config_check("components")
+def check_workflow_components(cfg: DictConfig) -> None:
+    """Each workflow component's own checks and refused combinations (server.components)."""
+    from server.components import check_components
+
+    check_components(cfg)
+
+
+@data_check("components")
+def check_components_on_data(cfg: DictConfig, data: Any) -> None:
+    """Each active component's checks against the loaded data and the partition."""
+    from fedsim.federation import build_federation
+    from server.components import check_components_data
+
+    check_components_data(cfg, build_federation(cfg))
