@@ -222,3 +222,95 @@ def test_lean_ray_keeps_the_inline_results_setting(inline_bytes: int | None) -> 
             assert not _stopped(session_dir)
         else:
             stop_ray()
+
+
+def _ray_children() -> list[psutil.Process]:
+    """This process's Ray daemons (GCS, raylet, their agents and workers)."""
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if any(m in _cmd(p) for m in ("gcs_server", "raylet", "stub_agent", "ray::", "agent"))
+    ]
+
+
+@pytest.mark.parametrize("failure", ["raises", "times out"])
+def test_a_failed_lean_start_falls_back_to_ray_init_with_one_warning(
+    failure: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The lean start fails (an error, or a raylet that does not register within the bound):
+    one warning, the lean node's processes are stopped, and ``ray.init`` starts a Ray that runs
+    tasks (with the helpers only ``ray.init`` starts)."""
+    import ray
+
+    from fedsim.engine import localray
+
+    lean_processes: list[psutil.Process] = []
+    lean_commands: list[str] = []
+    if failure == "raises":
+
+        def broken(args: object, *, stub_agents: bool) -> None:
+            raise RuntimeError("no lean node today")
+
+        monkeypatch.setattr(localray, "_start_lean", broken)
+    else:
+
+        def never_registers(gcs_address: str, node_id: str, *, timeout: float) -> bool:
+            assert timeout == 0.2  # the bound
+            lean_processes.extend(_ray_children())
+            lean_commands.extend(_cmd(p) for p in lean_processes)
+            return False
+
+        monkeypatch.setattr(localray, "LEAN_START_TIMEOUT_S", 0.2)
+        monkeypatch.setattr(localray, "_await_raylet", never_registers)
+    with caplog.at_level("WARNING", logger="fedsim"):
+        session_dir = _start(True, True)
+    try:
+        warnings = [r.getMessage() for r in caplog.records if r.name == "fedsim"]
+        assert len(warnings) == 1 and "lean Ray start failed" in warnings[0], warnings
+        if failure == "times out":
+            assert "did not register within 0.2 s" in warnings[0]
+            assert any("raylet_socket" in c for c in lean_commands), lean_commands
+            assert not _left_after(lean_processes), "the lean node outlived its timeout"
+        running = _commands(_session_processes(session_dir))
+        assert any(HELPERS["log monitor"] in c for c in running)  # ray.init's Ray
+
+        @ray.remote
+        def twice(x: int) -> int:
+            return 2 * x
+
+        assert ray.get(twice.remote(21)) == 42
+    finally:
+        assert not _stopped(session_dir)
+
+
+def test_a_local_start_ignores_a_dead_recorded_cluster_and_ray_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ray's record of a cluster that died without ``ray stop`` (``ray_current_cluster``), and
+    ``RAY_ADDRESS``, do not stop a run without ``engine.ray_address`` from starting its own
+    Ray (``ray.init()`` with no address joins the recorded cluster and fails)."""
+    import socket
+    import tempfile
+
+    import ray
+
+    with socket.socket() as s:  # a port nobody listens on: the dead cluster's
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    temp = tempfile.mkdtemp(prefix="fr", dir="/tmp")  # short: Ray's socket paths live in it
+    Path(temp, "ray").mkdir()
+    Path(temp, "ray", "ray_current_cluster").write_text(dead)
+    monkeypatch.setenv("RAY_TMPDIR", temp)
+    for lean in (False, True):
+        for address in (None, dead):
+            if address is None:
+                monkeypatch.delenv("RAY_ADDRESS", raising=False)
+            else:
+                monkeypatch.setenv("RAY_ADDRESS", address)
+            session_dir = _start(lean)
+            try:
+                assert session_dir.startswith(temp)
+                assert ray.get_runtime_context().gcs_address != dead
+                assert ray.cluster_resources()["CPU"] == 1
+            finally:
+                assert not _stopped(session_dir)
