@@ -11,8 +11,8 @@ from torch import nn
 
 from clients.attacks.base import Attack
 from fedsim import constants as C
-from fedsim.data import to_float
 from fedsim.errors import invalid
+from fedsim.evaluation import predictions
 
 AUX_SOURCES = ("holdout", "test_head")
 
@@ -48,27 +48,6 @@ def holdout_split(
     else:
         clean = np.setdiff1d(np.arange(len(test_y)), np.concatenate([aux_idx, root_idx]))
     return aux_idx, root_idx, clean.astype(np.int64)
-
-
-@torch.no_grad()
-def predictions(
-    model: nn.Module,
-    x: torch.Tensor,
-    *,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device,
-    batch_size: int = 1024,
-) -> torch.Tensor:
-    """Predicted labels of uint8 images ``x`` (eval mode)."""
-    was = model.training
-    model.eval()
-    out = [
-        model(to_float(x[s : s + batch_size].to(device), mean, std)).argmax(1).cpu()
-        for s in range(0, len(x), batch_size)
-    ]
-    model.train(was)
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
 def backdoor_metrics(

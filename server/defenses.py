@@ -19,6 +19,7 @@ from torch import nn
 
 from fedsim.data import to_float
 from fedsim.errors import ConfigError, invalid
+from fedsim.evaluation import batched
 from fedsim.registries import DEFENSES
 from server import flain as fl
 
@@ -48,14 +49,11 @@ def layer_inputs(
     """The inputs of ``layer`` over ``x`` (eval mode), captured with a forward pre-hook."""
     captured: list[torch.Tensor] = []
     handle = layer.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
-    was = model.training
-    model.eval()
     try:
-        for s in range(0, len(x), batch_size):
-            model(to_float(x[s : s + batch_size].to(device), mean, std))
+        for _ in batched(model, x, model, mean=mean, std=std, device=device, batch_size=batch_size):
+            pass
     finally:
         handle.remove()
-        model.train(was)
     return torch.cat(captured).flatten(1)
 
 

@@ -19,8 +19,8 @@ from torch import nn
 from clients.learners.base import LOCAL, SGD, ClientData, Learner
 from clients.learners.common import EPOCHS_KEY, Optimizers, load_module, save_module, table
 from clients.learners.losses import corrected_probs, minmax, negative_learning_loss
-from fedsim.data import to_float
 from fedsim.errors import invalid
+from fedsim.evaluation import batched
 
 HEAD_PREFIX = "bldr.nl_head."
 #: choices of ``nl_exclude``
@@ -87,15 +87,19 @@ class BLDR(Learner):
     def on_epoch_start(self, model: nn.Module, data: ClientData, epoch: int) -> None:
         if self._epoch0 + epoch < self.reweight_start:
             return
-        model.eval()
         device = self._w.device
         probs = []
-        for s in range(0, len(data), 512):
-            x = to_float(data.x[s : s + 512].to(device), data.mean, data.std)
-            _, feats = model.forward_with_features(x)  # type: ignore[operator]
+        for s, feats in batched(
+            model,
+            data.x,
+            lambda x: model.forward_with_features(x)[1],  # type: ignore[operator]
+            mean=data.mean,
+            std=data.std,
+            device=device,
+            batch_size=512,
+        ):
             p = F.softmax(self._head(feats), dim=1)
             probs.append(p.gather(1, data.y[s : s + 512].to(device).view(-1, 1)).squeeze(1))
-        model.train()
         self._w = minmax(torch.cat(probs))
 
     def loss(

@@ -12,7 +12,7 @@ from torch import nn
 from clients.learners.base import LOCAL, ClientData
 from clients.learners.losses import candidate_weights
 from clients.learners.proden import PRODEN
-from fedsim.data import to_float
+from fedsim.evaluation import batched
 
 
 @LOCAL.register("rc")
@@ -27,12 +27,11 @@ class RC(PRODEN):
     def on_epoch_start(self, model: nn.Module, data: ClientData, epoch: int) -> None:
         if epoch == 0 and not self._seen:
             return
-        model.eval()
         device = self._w.device
-        for s in range(0, len(data), 512):
-            x = to_float(data.x[s : s + 512].to(device), data.mean, data.std)
-            self._w[s : s + 512] = candidate_weights(model(x), self._cand[s : s + 512])
-        model.train()
+        for s, logits in batched(
+            model, data.x, model, mean=data.mean, std=data.std, device=device, batch_size=512
+        ):
+            self._w[s : s + 512] = candidate_weights(logits, self._cand[s : s + 512])
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict) -> None:
         self._seen = self.weights_key in state

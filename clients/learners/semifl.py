@@ -35,6 +35,7 @@ from clients.learners.base import LOCAL, ClientData, Learner, TrainResult
 from clients.learners.common import strong_augment, weak_augment
 from clients.learners.pseudo_labels import PseudoLabelStats, confident_pseudo_labels
 from fedsim.data import to_float
+from fedsim.evaluation import batched
 
 
 @LOCAL.register("semifl")
@@ -74,13 +75,16 @@ class SemiFL(Learner):
     @torch.no_grad()
     def _pseudo_label(self, model: nn.Module, data: ClientData, device: torch.device) -> None:
         n = len(data)
-        was_training = model.training
-        model.eval()
         probs = torch.empty(n, data.num_classes)
-        for s in range(0, n, 1024):
-            xb = to_float(data.x[s : s + 1024].to(device), data.mean, data.std)
-            probs[s : s + 1024] = F.softmax(model(xb), dim=1).cpu()
-        model.train(was_training)
+        for s, p in batched(
+            model,
+            data.x,
+            lambda xb: F.softmax(model(xb), dim=1).cpu(),
+            mean=data.mean,
+            std=data.std,
+            device=device,
+        ):
+            probs[s : s + len(p)] = p
         pseudo, conf = confident_pseudo_labels(probs, self.threshold)
         labeled = data.y >= 0
         self._partner_y = torch.where(labeled, data.y, pseudo)  # the mix partner's label

@@ -29,7 +29,7 @@ from clients.learners.base import LOCAL, ClientData, Learner
 from clients.learners.common import EPOCHS_KEY, table
 from clients.learners.losses import candidate_weights, weighted_ce
 from clients.learners.proden import uniform_weights
-from fedsim.data import to_float
+from fedsim.evaluation import batched
 
 
 def pll_losses(logits: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -79,13 +79,13 @@ class UPLLRS(Learner):
     def on_epoch_start(self, model: nn.Module, data: ClientData, epoch: int) -> None:
         if self._epoch0 + epoch < self.warmup:
             return
-        model.eval()
         device = self._w.device
-        losses = []
-        for s in range(0, len(data), 512):
-            x = to_float(data.x[s : s + 512].to(device), data.mean, data.std)
-            losses.append(pll_losses(model(x), self._cand[s : s + 512]))
-        model.train()
+        losses = [
+            pll_losses(logits, self._cand[s : s + 512])
+            for s, logits in batched(
+                model, data.x, model, mean=data.mean, std=data.std, device=device, batch_size=512
+            )
+        ]
         self._unrel = move_unreliable(
             torch.cat(losses), self._unrel, self.gamma, self.max_unreliable
         )

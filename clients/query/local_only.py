@@ -19,6 +19,7 @@ from clients.learners.base import SGD
 from clients.query import ModelOutputs
 from fedsim.data import to_float
 from fedsim.errors import invalid
+from fedsim.evaluation import batched
 from fedsim.models import ClassifierModel
 
 __all__ = ["infer", "train_local_only"]
@@ -36,11 +37,16 @@ def infer(
 ) -> ModelOutputs:
     """Log-probabilities and penultimate features of ``model`` on uint8 images ``x`` (eval mode,
     batches of ``batch_size``)."""
-    model.eval()
     logps, feats = [], []
-    for s in range(0, int(x.shape[0]), batch_size):
-        xb = to_float(x[s : s + batch_size].to(device), mean, std)
-        logits, emb = model.forward_with_features(xb)
+    for _, (logits, emb) in batched(
+        model,
+        x,
+        model.forward_with_features,
+        mean=mean,
+        std=std,
+        device=device,
+        batch_size=batch_size,
+    ):
         logps.append(F.log_softmax(logits.float(), dim=1).cpu())
         feats.append(emb.float().cpu())
     if not logps:
