@@ -14,6 +14,8 @@ USAGE = """usage: fedsim run [key=value ...] [-m]    run a federation (Hydra ove
        fedsim report RUN_DIR [RUN_DIR ...]  compare finished runs (mean ± std over seeds)
        fedsim submit [--app DIR] CONNECTION [key=value ...]
                                             flwr run on a SuperLink, failing unless it completed
+       fedsim doctor --superlink HOST:9092 --root-certificates CA [--auth-supernode-private-key
+              KEY] [--start ...]            why a SuperNode cannot join, in one line
 
 examples:
   fedsim run
@@ -129,11 +131,15 @@ def main(argv: list[str] | None = None) -> int:
             from fedsim.deploy import main_submit
 
             return main_submit(rest)
+        if command == "doctor":
+            from fedsim.preflight import main_doctor
+
+            return main_doctor(rest)
     except ConfigError as e:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
     print(
-        f"fedsim: error: unknown command {command!r}: allowed run, report, submit\n\n{USAGE}",
+        f"fedsim: error: unknown command {command!r}: allowed run, report, submit, doctor\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2

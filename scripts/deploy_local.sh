@@ -5,14 +5,17 @@
 #   scripts/deploy_local.sh N [--insecure] [key=value ...]
 #
 # Secure by default: TLS with a private CA (scripts/make_certs.sh) and SuperNode authentication
-# (only the N registered node keys may join). --insecure turns both off (plain gRPC), for
-# debugging only. Hydra overrides are passed through to the apps, as for `fedsim run`
+# (only the N registered node keys may join); the Control API (registrations, runs) and the Fleet
+# API listen on 127.0.0.1 only; the SuperLink keeps its state (registrations, runs) in
+# DEPLOY_DIR/superlink.db, so a restart keeps it. --insecure turns TLS and authentication off
+# (plain gRPC), for debugging only. Hydra overrides are passed through to the apps, as for `fedsim run`
 # (num_clients and clients_per_round default to N).
 #
 # Environment (defaults): DEPLOY_DIR (.deploy), FLEET_PORT (9092), CONTROL_PORT (8000),
 # NODE_PORT (9094: SuperNode K uses NODE_PORT+K), DATA_ROOT (unset: each node reads
 # dataset.root; set: --node-config data-root=DATA_ROOT).
-# Outputs: DEPLOY_DIR/runs/<time>/ (metrics.jsonl, checkpoints, ...), logs in DEPLOY_DIR/logs/.
+# Outputs: DEPLOY_DIR/runs/<time>/ (metrics.jsonl, checkpoints, ...), logs in DEPLOY_DIR/logs/,
+# keys in DEPLOY_DIR/certs/ (owner-only; .deploy/ is git-ignored).
 # Exit status: 0 only if the run finished with status finished:completed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +40,7 @@ command -v flower-superlink >/dev/null || { echo "deploy_local: flower-superlink
 dir=$(mkdir -p "${DEPLOY_DIR:-.deploy}" && cd "${DEPLOY_DIR:-.deploy}" && pwd)
 fleet=${FLEET_PORT:-9092}; control=${CONTROL_PORT:-8000}; node_port=${NODE_PORT:-9094}
 mkdir -p "$dir/logs" "$dir/runs"
+chmod 700 "$dir"
 export FLWR_HOME="$dir/flwr_home"   # our own CLI config: never a stale local SuperLink of yours
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1
 mkdir -p "$FLWR_HOME"
@@ -79,7 +83,7 @@ $conn_sec
 TOML
 
 setsid flower-superlink "${link_sec[@]}" --disable-runtime-dependency-installation \
-  --fleet-api-address "127.0.0.1:$fleet" --host 127.0.0.1 --port "$control" \
+  --database "$dir/superlink.db" --fleet-api-address "127.0.0.1:$fleet" --host 127.0.0.1 --port "$control" \
   >"$dir/logs/superlink.log" 2>&1 &
 pids+=($!)
 wait_port "$control"; wait_port "$fleet"
@@ -91,11 +95,15 @@ for ((k = 0; k < n; k++)); do
   if ((insecure)); then
     auth=()
   else
-    flwr supernode register "$dir/certs/node_$k.pub" fedsim-local >/dev/null
+    # A key registered by an earlier run of this script is kept in superlink.db: already in use.
+    reg=$(flwr supernode register "$dir/certs/node_$k.pub" fedsim-local --format json 2>&1) || true
+    [[ $reg == *'"success": true'* || $reg == *"Public key already in use"* ]] ||
+      { echo "deploy_local: registering node_$k failed: $reg" >&2; exit 1; }
     auth=(--root-certificates "$dir/certs/ca.crt" --auth-supernode-private-key "$dir/certs/node_$k")
   fi
   setsid flower-supernode "${node_sec[@]}" "${auth[@]}" --superlink "127.0.0.1:$fleet" \
-    --node-config "$node_cfg" --port $((node_port + k)) >"$dir/logs/supernode_$k.log" 2>&1 &
+    --node-config "$node_cfg" --port $((node_port + k)) --max-retries 10 --max-wait-time 120 \
+    >"$dir/logs/supernode_$k.log" 2>&1 &
   pids+=($!)
 done
 echo "deploy_local: $n SuperNodes started"

@@ -10,6 +10,8 @@
 #                                 register node_K.pub with `flwr supernode register`
 #
 # Existing files are kept (re-running adds missing nodes only), so nothing issued is lost.
+# Private keys are made owner-only (umask 077; OUT_DIR is mode 700). OUT_DIR must lie outside any
+# git checkout, or be git-ignored there, so that no private key can be committed.
 set -euo pipefail
 
 usage() { echo "usage: $0 OUT_DIR [NUM_NODES=2] [SERVER_NAME ...]" >&2; exit 2; }
@@ -19,8 +21,15 @@ nodes=${1:-2}; [[ $# -ge 1 ]] && shift
 [[ $nodes =~ ^[0-9]+$ ]] || { echo "make_certs: NUM_NODES='$nodes' is not a non-negative integer" >&2; exit 2; }
 command -v openssl >/dev/null || { echo "make_certs: openssl not found (install openssl)" >&2; exit 2; }
 command -v ssh-keygen >/dev/null || { echo "make_certs: ssh-keygen not found (install openssh-client)" >&2; exit 2; }
-mkdir -p "$out"
 umask 077
+mkdir -p "$out"
+chmod 700 "$out"
+if top=$(git -C "$out" rev-parse --show-toplevel 2>/dev/null) && ! git -C "$out" check-ignore -q . ; then
+  echo "make_certs: OUT_DIR '$out' is inside the git checkout $top and not git-ignored:" \
+    "allowed a directory outside it (e.g. ~/.fedsim/certs) or an ignored one" >&2
+  rmdir "$out" 2>/dev/null || true
+  exit 2
+fi
 
 if [[ ! -f $out/ca.crt ]]; then
   openssl req -x509 -newkey rsa:4096 -sha256 -days 3650 -nodes \
@@ -49,4 +58,5 @@ for ((k = 0; k < nodes; k++)); do
     echo "made $out/node_$k(.pub)"
   fi
 done
+chmod 600 "$out"/*.key "$out"/node_[0-9]* 2>/dev/null || true
 chmod 644 "$out"/*.crt "$out"/*.pub 2>/dev/null || true
