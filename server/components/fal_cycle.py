@@ -64,7 +64,8 @@ def query_cycle(
         payload = {C.ARRAYS_KEY: arrays}  # L_k is kept on the client
         # Q1: the reference computes rbar in the first cycle only and keeps it.
         rbar = st["rbar"]
-        use = computed if rbar is None or not bool(query.freeze_rbar) else rbar
+        frozen = bool(getattr(query, "freeze_rbar", False))
+        use = computed if rbar is None or not frozen else rbar
         out[C.RBAR] = use
         st["rbar"] = float(use)
         base[C.FAL_RBAR] = float(use)
