@@ -3,12 +3,16 @@ and the strategies' own checkpoint state."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fedsim import constants as C
 from fedsim.config import compose
-from fedsim.errors import ConfigError
+from fedsim.errors import ConfigError, RunStopped
+from fedsim.runner import run
 from server.components import COMPONENTS, build_components, check_components, promised_keys
 from server.components.fal import check_budgets, plan
 from server.workflow_parts import check_holdout_fits
@@ -109,3 +113,33 @@ def test_wrapped_strategy_state_is_its_inner_state() -> None:
     fresh = build_strategy(cfg)
     load_strategy_state(fresh, state)
     np.testing.assert_array_equal(fresh.strategy.m_t["w"], np.ones(2))  # type: ignore[attr-defined]
+
+
+def test_fal_stages_get_the_loops_retries_and_federated_evaluation(tmp_path: Path) -> None:
+    """A failing client inside an FAL stage is retried, and clients evaluate every round."""
+    out = tmp_path / "fal"
+    cfg = compose(
+        [
+            "query=entropy",
+            "fal.end_ratio=0.1",  # 2 stages
+            "rounds=2",
+            "num_clients=4",
+            "clients_per_round=3",
+            "min_clients=3",
+            "too_few_replies=retry",
+            "faults.raise_clients=[0,1,2,3]",
+            "faults.rounds=[3]",  # the first round of stage 1
+            "federated_eval_every=1",
+            "progress=false",
+            "tensorboard=false",
+            f"output_dir={out}",
+        ]
+    )
+    with pytest.raises(RunStopped, match="round 3"):
+        run(cfg)
+    records = [json.loads(line) for line in (out / C.METRICS_FILE).read_text().splitlines()]
+    rounds = [r for r in records if r.get(C.RECORD_KIND) != "stage"]
+    assert [r[C.ROUND] for r in rounds] == [1, 2]
+    assert all(0 <= r["federated_eval_accuracy"] <= 1 for r in rounds)
+    assert [r[C.ROUND] for r in records if r.get(C.RECORD_KIND) == "stage"] == [2]
+    assert (out / C.CHECKPOINT_DIR / "round_00002.pt").is_file()  # the stage end, for resume
