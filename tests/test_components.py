@@ -135,7 +135,7 @@ def test_fal_stages_get_the_loops_retries_and_federated_evaluation(tmp_path: Pat
             f"output_dir={out}",
         ]
     )
-    with pytest.raises(RunStopped, match="round 3"):
+    with pytest.raises(RunStopped, match=r"round 3: .* stopped after 2 retries"):
         run(cfg)
     records = [json.loads(line) for line in (out / C.METRICS_FILE).read_text().splitlines()]
     rounds = [r for r in records if r.get(C.RECORD_KIND) != "stage"]
