@@ -11,7 +11,6 @@ model replacement). The server stamps the full trigger on test images to measure
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -24,6 +23,7 @@ from clients.attacks.base import (
     sample_with_attackers,
 )
 from fedsim.errors import ConfigError
+from fedsim.schema import check_params
 
 NO_ATTACK = "none"
 
@@ -43,13 +43,7 @@ def build_attack(name: str, params: Mapping[str, Any]) -> Attack | None:
                 f"invalid attack parameter {sorted(params)[0]!r} for attack 'none': allowed none"
             )
         return None
-    allowed = [p for p in inspect.signature(cls).parameters]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"invalid attack parameter {unknown[0]!r} for attack {name!r}: allowed "
-            f"{', '.join(allowed)}"
-        )
+    check_params("attack", cls, params, what=f"attack {name!r}")
     attack = cls(**{k: (list(v) if isinstance(v, list | tuple) else v) for k, v in params.items()})
     attack.check()
     return attack

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -10,6 +11,7 @@ import torch
 from fedsim.data.client_data import ClientData
 from fedsim.errors import invalid
 from fedsim.registries import ATTACKS
+from fedsim.schema import spec
 
 #: Attack classes by name (:data:`fedsim.registries.ATTACKS`); ``none`` maps to ``None``.
 ATTACKS.register("none")(None)
@@ -78,15 +80,17 @@ class Attack:
         Fraction of a malicious client's eligible (source-class) samples it poisons.
     """
 
-    mcr: float = 0.2
-    malicious_ids: str = "first"
-    per_round: str = "exact"
-    start_round: int = 1
-    end_round: int | None = None
-    every: int = 1
-    target: int = 5
-    source: list[int] | None = field(default_factory=lambda: [0])
-    poison_frac: float = 0.5
+    mcr: Annotated[float, spec(low=0, high=1, high_open=True, doc="malicious client ratio")] = 0.2
+    malicious_ids: Annotated[str, spec(choices=MALICIOUS_IDS)] = "first"
+    per_round: Annotated[str, spec(choices=PER_ROUND)] = "exact"
+    start_round: Annotated[int, spec(low=1)] = 1
+    end_round: Annotated[int | None, spec(low=1, doc="null: no end")] = None
+    every: Annotated[int, spec(low=1)] = 1
+    target: Annotated[int, spec(low=0, doc="the target label")] = 5
+    source: Annotated[list[int] | None, spec(low=0, doc="null: all-to-one")] = field(
+        default_factory=lambda: [0]
+    )
+    poison_frac: Annotated[float, spec(low=0, high=1)] = 0.5
 
     #: whether ASR is measured on triggered images (False: on clean source images)
     uses_trigger = True

@@ -4,6 +4,7 @@ term) and label flipping."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 import numpy as np
 import torch
@@ -11,6 +12,7 @@ import torch
 from clients.attacks.base import ATTACKS, Attack
 from clients.attacks.triggers import TRIGGER_SHAPES, stamp, trigger_mask, trigger_part
 from fedsim.errors import invalid
+from fedsim.schema import spec
 
 
 @ATTACKS.register("cba")
@@ -34,9 +36,11 @@ class CBA(Attack):
     """
 
     trigger: str = "square"
-    trigger_size: int = 5
-    trigger_pos: list[int] = field(default_factory=lambda: [23, 23])
-    trigger_value: int = 255
+    trigger_size: Annotated[int, spec(low=1)] = 5
+    trigger_pos: Annotated[list[int], spec(length=2, low=0, doc="top-left (row, col)")] = field(
+        default_factory=lambda: [23, 23]
+    )
+    trigger_value: Annotated[int, spec(low=0, high=255)] = 255
     image_size: int = 28
 
     def check(self, num_classes: int | None = None) -> None:
