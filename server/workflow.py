@@ -49,7 +49,7 @@ from server.rounds import (
     keep_dtypes,
     train_clients,
 )
-from server.workflow_parts import Holdout, progress_line
+from server.workflow_parts import Holdout, client_state_warning, progress_line
 from strategies import build_strategy
 from strategies.state import bind_partitions, load_strategy_state, strategy_state
 
@@ -253,6 +253,9 @@ class Workflow:
             done = [r for r in read_metrics(self.run_dir) if r[C.ROUND] <= start]
             wall_offset = float(done[-1][C.WALL_SECONDS]) if done else 0.0
             log.info("resuming %s after round %d", self.run_dir, start)
+            if (line := client_state_warning(cfg)) is not None:
+                log.warning(line)
+                print(f"fedsim: warning: {line}", flush=True)
         elif self.driver is None:
             arrays = self._fresh(model, array_record(model.state_dict()))
         self.node_of = discover_nodes(grid, int(cfg.num_clients), float(cfg.round_timeout))

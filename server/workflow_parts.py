@@ -79,3 +79,20 @@ def progress_line(record: dict[str, Any], rounds: int) -> str:
         parts.append(f"failures {record[C.FAILURES]}")
     parts.append(f"{record[C.ROUND_SECONDS]:.2f}s")
     return " | ".join(parts)
+
+
+def client_state_warning(cfg: DictConfig) -> str | None:
+    """On resume: the line saying which local methods keep per-client state across rounds (in
+    the clients' ``Context.state``, which checkpoints do not hold), or None."""
+    from fedsim.data.weak_clients import local_of, used_specs
+    from fedsim.registries import LOCAL
+
+    names = sorted({local_of(cfg, spec)[0] for spec, _ in used_specs(cfg)})
+    stateful = [n for n in names if getattr(LOCAL.get(n), "keeps_client_state", False)]
+    if not stateful:
+        return None
+    return (
+        f"resume: local method(s) {', '.join(stateful)} keep per-client state across rounds on "
+        "the clients, which checkpoints do not hold: it restarts now, so the rounds after the "
+        "checkpoint may differ from an uninterrupted run"
+    )

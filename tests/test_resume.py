@@ -87,3 +87,14 @@ def test_resume_equals_uninterrupted(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", sorted(set(CASES) - set(FAST)))
 def test_resume_equals_uninterrupted_all(name: str, tmp_path: Path) -> None:
     _check_resume(name, tmp_path)
+
+
+def test_resume_says_when_a_learner_keeps_client_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "gce"
+    run(compose([*SMALL, "rounds=2", "weak_labels=noisy", "local=gce", f"output_dir={out}"]))
+    _cut(out, 1)
+    capsys.readouterr()
+    run(resume_config(out))
+    assert "local method(s) gce keep per-client state" in capsys.readouterr().out

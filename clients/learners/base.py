@@ -147,6 +147,9 @@ class Learner:
 
     #: Kinds of labels this learner can use (checked at start, see :func:`check_label_kind`).
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean"})
+    #: whether it keeps per-client state across rounds in ``on_train_end`` (the client's
+    #: ``Context.state``); a checkpoint does not hold it, so a resumed run restarts it
+    keeps_client_state: ClassVar[bool] = False
     epochs: Annotated[int, spec(low=1, doc="local epochs per round")] = 1
     batch_size: Annotated[int, spec(low=1, doc="mini-batch size")] = 32
     optimizer: Annotated[str, spec(choices=OPTIMIZERS, doc="created anew every round")] = "sgd"

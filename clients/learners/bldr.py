@@ -51,6 +51,8 @@ class BLDR(Learner):
         differs from the spec.
     """
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
     uv_lr: float = 10.0

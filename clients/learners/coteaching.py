@@ -47,6 +47,8 @@ class CoTeaching(Learner):
         ``copy``: from the received model.
     """
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
     forget_rate: float = 0.2

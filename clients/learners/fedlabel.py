@@ -51,6 +51,8 @@ LOCAL_WINS = "fedlabel_local_expert_rate"  # share of unlabeled views where the 
 class FedLabel(FixMatch):
     """FedLabel's client (see the module docstring for the parameters beyond FixMatch's)."""
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "semi"})
 
     score: str = "variance"

@@ -26,6 +26,8 @@ SELECTED_KEY = "flexmatch.selected_label"
 class FlexMatch(FixMatch):
     """FixMatch's loss with per-class thresholds from :func:`flexmatch_thresholds` (warm-up on)."""
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "semi"})
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:

@@ -29,6 +29,8 @@ class GCE(Learner):
         Cumulative local epoch (over the client's participations) from which truncation applies.
     """
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
     q: float = 0.7

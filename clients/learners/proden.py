@@ -31,6 +31,8 @@ class PRODEN(Learner):
     forward), a project choice for cost.
     """
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "partial"})
     weights_key: ClassVar[str] = WEIGHTS_KEY
     update_every_step: ClassVar[bool] = True

@@ -59,6 +59,8 @@ def move_unreliable(
 class UPLLRS(Learner):
     """See the module docstring."""
 
+    keeps_client_state: ClassVar[bool] = True
+
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "partial"})
 
     warmup: int = 2
