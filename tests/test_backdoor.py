@@ -96,7 +96,7 @@ def test_backdoor_tags_are_tensorboard_scalars() -> None:
     [
         (
             ["attack=cba", "attack.mcr=-0.1"],
-            r"invalid attack.mcr=-0.1: allowed a fraction in \[0, 1\)",
+            r"invalid attack.mcr=-0.1: allowed a number in \[0, 1\)",
         ),
         (["attack.name=trojan"], r"unknown attack 'trojan': valid attack names are cba, dba"),
         (
