@@ -22,8 +22,12 @@ import ssl
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedsim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ec import EllipticCurvePrivateKey
 
 #: The heartbeat interval (s) the key check announces; the SuperLink counts a node that missed two
 #: heartbeats offline, so a SuperNode killed without a shutdown blocks its key for up to 2x this.
@@ -144,7 +148,7 @@ def check_tls(host: str, port: int, ca_file: Path, *, timeout: float = 5.0) -> s
         raise PreflightError(f"SuperLink unreachable: {host}:{port}: {e.strerror or e}") from None
 
 
-def load_node_key(key_file: Path) -> object:
+def load_node_key(key_file: Path) -> EllipticCurvePrivateKey:
     """The SuperNode's EC private key (OpenSSH format), refusing a file others can read.
 
     Raises
@@ -219,7 +223,7 @@ def check_node_key(
     from flwr.supercore.primitives.asymmetric import public_key_to_bytes
 
     key = load_node_key(key_file)
-    public = key.public_key()  # type: ignore[attr-defined]
+    public = key.public_key()
     creds = grpc.ssl_channel_credentials(Path(ca_file).expanduser().read_bytes())
     target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     with grpc.secure_channel(target, creds) as raw:
