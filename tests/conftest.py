@@ -32,8 +32,13 @@ def engine_session() -> Iterator[EngineSession]:
 
 
 @pytest.fixture
-def no_engine_session(engine_session: EngineSession) -> EngineSession:
+def no_engine_session(
+    engine_session: EngineSession, monkeypatch: pytest.MonkeyPatch
+) -> EngineSession:
     """For tests that start and stop Ray themselves: the shared session's Ray and actors are
-    stopped first (its next run starts them again)."""
+    stopped first, and no session is open during the test (its next run starts them again)."""
+    from fedsim.engine import session
+
     engine_session.close()
+    monkeypatch.setattr(session, "_open_session", None)
     return engine_session
