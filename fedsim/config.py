@@ -18,8 +18,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 import conf as _conf_pkg
+from fedsim.config_schema import FAULT_LISTS, TOO_FEW_REPLIES, FaultsSchema, RunSchema
 from fedsim.constants import RUN_CONFIG_JSON_KEY, RUN_CONFIG_OVERRIDES_KEY
 from fedsim.errors import ConfigError, invalid
+from fedsim.schema import check_params, keys_of
 
 CONF_DIR = Path(_conf_pkg.__file__).resolve().parent
 DEVICES = ("auto", "cpu", "cuda")
@@ -64,10 +66,7 @@ def from_run_config(run_config: Mapping[str, Any]) -> DictConfig:
     return cfg
 
 
-#: What a round does when fewer than ``min_clients`` replies are usable.
-TOO_FEW_REPLIES = ("retry", "stop")
-#: The fault-injection lists of partition ids (``faults.*``).
-FAULT_LISTS = ("raise_clients", "nan_clients", "bad_shape_clients", "slow_clients")
+__all__ = ["FAULT_LISTS", "TOO_FEW_REPLIES", "check_data", "compose", "validate"]
 
 
 def _number(cfg: DictConfig, key: str) -> float:
@@ -125,46 +124,48 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"missing config group {group!r}: pick one of {registry.names()}")
         registry.get(str(node["name"]))
 
-    _int_at_least(cfg, "num_clients", 1)
+    # the top-level keys, as declared in fedsim.config_schema (types, ranges, choices)
+    declared = [k.name for k in keys_of(RunSchema)]
+    check_params("", RunSchema, {k: cfg[k] for k in declared if k in cfg})
+    for key in ("seed", "num_clients"):
+        if key not in cfg:
+            raise ConfigError(f"missing config key {key!r}")
     clients_per_round(cfg)
+    check_params(
+        "dataset",
+        DATASETS.get(str(cfg.dataset.name)),
+        {k: v for k, v in cfg.dataset.items() if k != "name"},
+        what=f"dataset {cfg.dataset.name!r}",
+    )
+    check_params(
+        "model.params",
+        MODELS.get(str(cfg.model.name)),
+        dict(cfg.model.get("params") or {}),
+        what=f"model {cfg.model.name!r}",
+        exclude=("num_classes", "in_channels", "image_size"),
+    )
+    check_params(
+        "partition",
+        PARTITIONERS.get(str(cfg.partition.name)),
+        {k: v for k, v in cfg.partition.items() if k != "name"},
+        what=f"partitioner {cfg.partition.name!r}",
+    )
     from fedsim.data.weak_clients import check_weak_labels
     from fedsim.ssfl import check_ssfl
 
     check_ssfl(cfg)  # semi-supervised setting (it supplies the weak labels)
 
     check_weak_labels(cfg)  # weak labels per client group (the learners check their kinds)
-    _int_at_least(cfg, "rounds", 1)
-    _int_at_least(cfg, "eval_every", 1)
-    _int_at_least(cfg, "checkpoint_every", 0)
-    _int_at_least(cfg, "federated_eval_every", 0)
-    _int_at_least(cfg, "min_clients", 1)
-    if cfg.min_clients > clients_per_round(cfg):
+    if cfg.get("min_clients", 1) > clients_per_round(cfg):
         raise invalid(
             "min_clients", cfg.min_clients, f"at most clients_per_round={clients_per_round(cfg)}"
         )
-    if cfg.get("too_few_replies", "stop") not in TOO_FEW_REPLIES:
-        raise invalid("too_few_replies", cfg.too_few_replies, " or ".join(TOO_FEW_REPLIES))
-    if cfg.get("round_retries") is not None:
-        _int_at_least(cfg, "round_retries", 0)
     _check_faults(cfg)
-    _int_at_least(cfg, "eval_batch_size", 1)
-    if not isinstance(cfg.seed, int) or isinstance(cfg.seed, bool) or cfg.seed < 0:
-        raise invalid("seed", cfg.seed, "an integer >= 0")
-    if _number(cfg, "round_timeout") <= 0:
-        raise invalid("round_timeout", cfg.round_timeout, "a number of seconds > 0")
-    if cfg.get("max_train_samples") is not None:
-        _int_at_least(cfg, "max_train_samples", 1)
-    if _number(cfg, "longtail_rho") < 1:
-        raise invalid("longtail_rho", cfg.longtail_rho, "a number >= 1 (1: no long tail)")
     if "alpha" in cfg.partition and not _number(cfg, "partition.alpha") > 0:
         raise invalid("partition.alpha", cfg.partition.alpha, "a number > 0")
     for key in ("partition.min_partition_size", "partition.classes_per_client"):
         if OmegaConf.select(cfg, key) is not None:
             _int_at_least(cfg, key, 1 if key.endswith("client") else 0)
-    _int_at_least(cfg, "local.epochs", 1)
-    _int_at_least(cfg, "local.batch_size", 1)
-    if not _number(cfg, "local.lr") > 0:
-        raise invalid("local.lr", cfg.local.lr, "a number > 0")
     validate_engine(cfg)
     device = str(cfg.device)
     if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
@@ -232,20 +233,17 @@ def validate_engine(cfg: DictConfig) -> None:
 
 
 def _check_faults(cfg: DictConfig) -> None:
-    """Fault-injection lists must name partition ids (and rounds) that exist."""
+    """Fault injection: the declared types (:class:`FaultsSchema`), and partition ids that
+    exist."""
     faults = cfg.get("faults")
     if not faults:
         return
+    check_params("faults", FaultsSchema, dict(faults))
     n = int(cfg.num_clients)
     for key in FAULT_LISTS:
         for pid in faults.get(key) or []:
             if isinstance(pid, bool) or not isinstance(pid, int) or not 0 <= pid < n:
                 raise invalid(f"faults.{key}", list(faults[key]), f"partition ids in [0, {n - 1}]")
-    for rnd in faults.get("rounds") or []:
-        if isinstance(rnd, bool) or not isinstance(rnd, int) or rnd < 1:
-            raise invalid("faults.rounds", list(faults.rounds), "round numbers >= 1")
-    if faults.get("slow_seconds") is not None and _number(cfg, "faults.slow_seconds") < 0:
-        raise invalid("faults.slow_seconds", faults.slow_seconds, "a number of seconds >= 0")
 
 
 def resolve_device(name: str) -> str:

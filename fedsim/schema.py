@@ -40,6 +40,7 @@ class Spec:
     high_open: bool = False
     length: int | None = None
     doc: str = ""
+    allowed: str = ""
 
 
 def spec(
@@ -51,6 +52,7 @@ def spec(
     high_open: bool = False,
     length: int | None = None,
     doc: str = "",
+    allowed: str = "",
 ) -> Spec:
     """Metadata for ``Annotated[type, spec(...)]``.
 
@@ -66,9 +68,19 @@ def spec(
         The exact length of a list (``2``: a pair).
     doc
         A one-line description (README tables).
+    allowed
+        Words for what is allowed, where the type and range say too little (a key that a
+        dedicated check refines, e.g. ``clients_per_round``).
     """
     return Spec(
-        None if choices is None else tuple(choices), low, high, low_open, high_open, length, doc
+        None if choices is None else tuple(choices),
+        low,
+        high,
+        low_open,
+        high_open,
+        length,
+        doc,
+        allowed,
     )
 
 
@@ -113,11 +125,21 @@ def _hints(obj: Any) -> dict[str, Any]:
         return out
 
 
+def _inherited_spec(cls: type, name: str, tp: Any) -> Spec:
+    for base in cls.__mro__[1:]:
+        if name in getattr(base, "__annotations__", {}):
+            btp, bsp = _split(_hints(base).get(name, Any))
+            if bsp != Spec() and btp == tp:
+                return bsp
+    return Spec()
+
+
 def keys_of(obj: Any) -> list[Key]:
     """The declared keys of a dataclass, a class (its ``__init__``) or a function.
 
     Dataclass fields with ``init=False`` and the ``self``/``*args``/``**kwargs`` parameters are
-    not keys.
+    not keys; where a signature has keyword-only parameters, only they are keys (the others are
+    the data the entry works on, e.g. a partitioner's labels).
     """
     hints = _hints(obj)
     out: list[Key] = []
@@ -126,6 +148,8 @@ def keys_of(obj: Any) -> list[Key]:
             if not f.init:
                 continue
             tp, sp = _split(hints.get(f.name, Any))
+            if sp == Spec():  # a subclass that redeclares a field keeps its base's spec
+                sp = _inherited_spec(obj, f.name, tp)
             if f.default is not dataclasses.MISSING:
                 default, required = f.default, False
             elif f.default_factory is not dataclasses.MISSING:
@@ -135,7 +159,10 @@ def keys_of(obj: Any) -> list[Key]:
             out.append(Key(f.name, tp, sp, default, required))
         return out
     fn: Callable[..., Any] = obj.__init__ if isinstance(obj, type) else obj
-    for p in inspect.signature(fn).parameters.values():
+    params = list(inspect.signature(fn).parameters.values())
+    if any(p.kind is p.KEYWORD_ONLY for p in params):  # f(data, *, key=...): the keys are after *
+        params = [p for p in params if p.kind is p.KEYWORD_ONLY]
+    for p in params:
         if p.name == "self" or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
             continue
         tp, sp = _split(hints.get(p.name, Any))
@@ -162,6 +189,11 @@ def _union_args(tp: Any) -> tuple[Any, ...] | None:
     return None
 
 
+def _or(choices: Sequence[Any]) -> str:
+    names = [str(c) for c in choices]
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
 def _range_text(sp: Spec) -> str:
     lo = None if sp.low is None else f"{'>' if sp.low_open else '>='} {sp.low:g}"
     hi = None if sp.high is None else f"{'<' if sp.high_open else '<='} {sp.high:g}"
@@ -173,15 +205,17 @@ def _range_text(sp: Spec) -> str:
 
 def _type_text(tp: Any, sp: Spec) -> str:
     """Words for what a type with a spec allows: ``an integer >= 1``, ``a pair of integers``."""
+    if sp.allowed:
+        return sp.allowed
     if sp.choices is not None:
-        return ", ".join(str(c) for c in sp.choices)
+        return _or(sp.choices)
     args = _union_args(tp)
     if args is not None:
         parts = [_type_text(a, sp) for a in args if a is not type(None)]
         text = " or ".join(parts)
         return f"{text} or null" if type(None) in args else text
     if typing.get_origin(tp) is Literal:
-        return ", ".join(str(c) for c in typing.get_args(tp))
+        return _or(typing.get_args(tp))
     rng = _range_text(sp)
     base = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp)
     if base is not None:
@@ -258,7 +292,12 @@ def conforms(value: Any, tp: Any, sp: Spec | None = None) -> bool:
 
 
 def check_params(
-    prefix: str, obj: Any, params: Mapping[str, Any], *, what: str | None = None
+    prefix: str,
+    obj: Any,
+    params: Mapping[str, Any],
+    *,
+    what: str | None = None,
+    exclude: Sequence[str] = (),
 ) -> None:
     """Check config values against the keys declared by ``obj``.
 
@@ -272,6 +311,8 @@ def check_params(
         The node's values (without ``name``).
     what
         How the entry is named in an unknown-key error, e.g. ``"attack 'cba'"``.
+    exclude
+        Declared parameters that are not config keys (a model's shape, set from the data).
 
     Raises
     ------
@@ -279,7 +320,7 @@ def check_params(
         One line: an unknown key (listing the allowed ones) or a value of the wrong type, out of
         range or of the wrong length (naming what is allowed).
     """
-    keys = {k.name: k for k in keys_of(obj)}
+    keys = {k.name: k for k in keys_of(obj) if k.name not in exclude}
     for name in params:
         if name not in keys:
             raise ConfigError(
@@ -290,7 +331,8 @@ def check_params(
     for name, value in params.items():
         key = keys[name]
         if not conforms(_plain(value), key.type, key.spec):
-            raise invalid(f"{prefix}.{name}", _plain(value), describe(key.type, key.spec))
+            where = f"{prefix}.{name}" if prefix else name
+            raise invalid(where, _plain(value), describe(key.type, key.spec))
 
 
 def _plain(value: Any) -> Any:
