@@ -29,6 +29,9 @@ DEFAULT_PLUGINS = {
 #: them; engines load them with :func:`load_object` (a test checks the two agree).
 SERVER_APP = "server.app:app"
 CLIENT_APP = "clients.app:app"
+#: The ClientApp's runtime factory (data, model, learner of a node); the fast engine's workers
+#: build it at load time to warm up.
+CLIENT_RUNTIME = "clients.app:client_runtime"
 
 _state = {"loaded": False, "loading": False}
 

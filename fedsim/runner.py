@@ -62,7 +62,6 @@ def prepare(cfg: DictConfig) -> None:
     """Everything that can fail on bad input, before any output is written."""
     from fedsim.federation import build_federation
     from fedsim.models import build_model
-    from strategies import build_strategy
 
     validate(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
@@ -78,13 +77,10 @@ def prepare(cfg: DictConfig) -> None:
         image_size=fed.data.image_size,
         params=dict(cfg.model.get("params") or {}),
     )
-    build_strategy(cfg)
     from fedsim.config import check_data
 
+    # The strategy and the learners were built once by their plugins' config checks (validate).
     check_data(cfg, fed.data)  # the plugins' checks against the data (attack, components)
-    from clients.learners import build_learner
-
-    build_learner(str(cfg.local.name), {k: v for k, v in cfg.local.items() if k != "name"})
 
 
 def run(cfg: DictConfig, *, session: EngineSession | None = None) -> dict[str, Any]:
@@ -165,7 +161,7 @@ def _run(cfg: DictConfig, engine: Any, handle: Any) -> dict[str, Any]:
             logging.getLogger(name).setLevel(logging.WARNING)
 
     if cfg.progress:
-        from server.workflow import config_summary
+        from fedsim.config import config_summary
 
         print(f"fedsim: {config_summary(cfg)}\nfedsim: run dir {run_dir}", flush=True)
     try:

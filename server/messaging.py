@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
-#: Set by a simulation engine when it stops (normally or on failure): a ServerApp thread that is
-#: still waiting for replies then ends instead of blocking the process until its timeout.
-ENGINE_STOP = threading.Event()
+from fedsim.engine.stop import ENGINE_STOP
+
+__all__ = ["ENGINE_STOP", "EngineStopped", "exchange"]
 
 
 class EngineStopped(RuntimeError):

@@ -33,7 +33,7 @@ from omegaconf import DictConfig
 
 from fedsim import constants as C
 from fedsim.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from fedsim.config import clients_per_round, resolve_device
+from fedsim.config import clients_per_round, config_summary, resolve_device
 from fedsim.errors import RunStopped
 from fedsim.evaluation import evaluate_per_class
 from fedsim.federation import Federation, build_federation
@@ -382,12 +382,3 @@ class Workflow:
 
 #: The name earlier releases used.
 FLWorkflow = Workflow
-
-
-def config_summary(cfg: DictConfig) -> str:
-    """One line naming the main choices of a run."""
-    return (
-        f"{cfg.dataset.name} | {cfg.partition.name} | {cfg.num_clients} clients "
-        f"({cfg.clients_per_round}/round) | {cfg.model.name} | {cfg.strategy.name} | "
-        f"{cfg.local.name} | {cfg.rounds} rounds | seed {cfg.seed}"
-    )

@@ -16,29 +16,10 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "fedsim"
 PLUGINS = ("clients", "server", "strategies")
 PACKAGES = (CORE, *PLUGINS)
-
-#: Upward imports of the composition root (engines, runner) that remain until they load the apps
-#: by reference (``fedsim.plugins.load_object``): ``(file, imported module)``. Only entries may
-#: be removed from this list; the test fails on any upward import not in it.
-PENDING: set[tuple[str, str]] = {
-    ("fedsim/engine/worker.py", "clients.app"),
-    ("fedsim/engine/grid.py", "server.messaging"),
-    ("fedsim/engine/flower.py", "clients.app"),
-    ("fedsim/engine/flower.py", "server.app"),
-    ("fedsim/engine/flower.py", "server.messaging"),
-    ("fedsim/engine/fast.py", "server.app"),
-    ("fedsim/engine/fast.py", "server.messaging"),
-    ("fedsim/runner.py", "strategies"),
-    ("fedsim/runner.py", "server.backdoor_eval"),
-    ("fedsim/runner.py", "clients.learners"),
-    ("fedsim/runner.py", "server.workflow"),
-}
 
 
 def module_name(path: Path, root: Path = ROOT) -> str:
@@ -101,19 +82,12 @@ def upward_imports() -> list[tuple[str, int, str]]:
     return found
 
 
-def _pending(rel: str, target: str) -> bool:
-    return any(rel == f and (target == m or target.startswith(m + ".")) for f, m in PENDING)
-
-
-def import_graph(*, skip_pending: bool) -> dict[str, set[str]]:
+def import_graph() -> dict[str, set[str]]:
     """Module -> the modules of the four packages it imports (anywhere in the file)."""
     modules = sources()
     graph: dict[str, set[str]] = {m: set() for m in modules}
     for name, path in modules.items():
-        rel = path.relative_to(ROOT).as_posix()
         for _, target, _ in imports(path):
-            if skip_pending and _pending(rel, target):
-                continue
             dep = resolve(target, modules)
             if dep is not None and dep != name:
                 graph[name].add(dep)
@@ -159,23 +133,12 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_core_imports_no_plugin() -> None:
-    bad = [
-        f"{rel}:{line} imports {target}"
-        for rel, line, target in upward_imports()
-        if not _pending(rel, target)
-    ]
+    bad = [f"{rel}:{line} imports {target}" for rel, line, target in upward_imports()]
     assert not bad, "the core imports a plugin package:\n" + "\n".join(bad)
 
 
-@pytest.mark.xfail(reason="the engines and the runner still import the apps (PENDING)")
-def test_no_upward_import_is_pending() -> None:
-    assert not upward_imports()
-
-
 def test_no_import_cycle_spans_packages() -> None:
-    crossing = [
-        c for c in cycles(import_graph(skip_pending=True)) if len({m.split(".")[0] for m in c}) > 1
-    ]
+    crossing = [c for c in cycles(import_graph()) if len({m.split(".")[0] for m in c}) > 1]
     assert not crossing, "import cycles across packages: " + "; ".join(
         " <-> ".join(c) for c in crossing
     )

@@ -164,8 +164,8 @@ def run_fast(cfg: DictConfig, prestarted: FastRun | None = None) -> None:
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedsim.engine.grid import DEFAULT_CHUNKS_PER_ACTOR, FastGrid
-    from server.app import app as server_app
-    from server.messaging import ENGINE_STOP
+    from fedsim.engine.stop import ENGINE_STOP
+    from fedsim.plugins import SERVER_APP, load_object
 
     if prestarted is None:
         from fedsim.engine.session import EngineSession, open_session
@@ -232,7 +232,7 @@ def run_fast(cfg: DictConfig, prestarted: FastRun | None = None) -> None:
         # took 159 ms of the server's time in round 3 at 200 clients, stalling the round's end).
         gc.freeze()
         frozen = True
-        server_app(grid, context)
+        load_object(SERVER_APP)(grid, context)
         pre.reusable = grid.idle()
     finally:
         if frozen:

@@ -71,8 +71,10 @@ def run_flower(cfg: DictConfig, prestarted: None = None) -> None:
     from flwr.supercore.task_identity import TaskIdentity
     from flwr.supercore.telemetry import EventType
 
-    from clients.app import app as client_app
-    from server.app import app as server_app
+    from fedsim.plugins import CLIENT_APP, SERVER_APP, load_object
+
+    client_app = load_object(CLIENT_APP)
+    server_app = load_object(SERVER_APP)
 
     run_config = to_run_config(cfg)
     run_id = generate_rand_int_from_bytes(RUN_ID_NUM_BYTES)
@@ -88,7 +90,7 @@ def run_flower(cfg: DictConfig, prestarted: None = None) -> None:
     )
     if not cfg.get("verbose"):
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    from server.messaging import ENGINE_STOP
+    from fedsim.engine.stop import ENGINE_STOP
 
     ENGINE_STOP.clear()
     try:

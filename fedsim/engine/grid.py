@@ -188,7 +188,7 @@ class FastGrid(Grid):
         if not self._inflight and not self._starting:
             # Nothing can arrive (every reply already came in): wait for the engine to stop
             # rather than spin, ending as soon as it does.
-            from server.messaging import ENGINE_STOP
+            from fedsim.engine.stop import ENGINE_STOP
 
             ENGINE_STOP.wait(timeout)
             return

@@ -85,15 +85,16 @@ class ClientWorker:
                 root=self._dataset["root"],
                 download=self._dataset["download"],
             )
-        from clients.app import app
+        from fedsim.plugins import CLIENT_APP, load_object
 
-        self._app = app
+        self._app = load_object(CLIENT_APP)
         self._ready = True
 
     def ping(self) -> bool:
         """Import the ClientApp and its dependencies."""
-        from clients.app import app  # noqa: F401
+        from fedsim.plugins import CLIENT_APP, load_object
 
+        load_object(CLIENT_APP)
         return True
 
     def load(self, dataset: dict[str, Any], run_config: dict[str, Any]) -> bool:
@@ -106,9 +107,9 @@ class ClientWorker:
         self._dataset = dataset
         self._ready = False
         self._setup()
-        from clients.app import client_runtime
+        from fedsim.plugins import CLIENT_RUNTIME, load_object
 
-        rt = client_runtime(
+        rt = load_object(CLIENT_RUNTIME)(
             Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
         )
         data = rt.data(0)
