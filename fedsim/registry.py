@@ -11,10 +11,11 @@ can look a plugin's entry up without importing the plugin package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Generic, TypeVar
 
 from fedsim.errors import ConfigError
+from fedsim.schema import check_params
 
 T = TypeVar("T")
 
@@ -76,6 +77,48 @@ class Registry(Generic[T]):
             raise ConfigError(
                 f"unknown {self.kind} {name!r}: valid {self.kind} names are {', '.join(self.names())}"
             ) from None
+
+    def build(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        *,
+        prefix: str | None = None,
+        what: str | None = None,
+        fixed: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """The entry ``name`` called with a config node's ``params`` and with ``fixed``.
+
+        This is fedsim's one way to build a registered entry from config. ``params`` are checked
+        against the keys the entry declares (a dataclass's fields, a function's keyword
+        parameters) before the call: an unknown key or a value of the wrong type, range or length
+        gets one line (:func:`fedsim.schema.check_params`).
+
+        Parameters
+        ----------
+        name
+            The registered name.
+        params
+            The config node's values, without ``name``.
+        prefix
+            The node's dotted key in messages (default: the registry's kind).
+        what
+            How the entry is named in an unknown-key message (default: ``"<kind> '<name>'"``).
+        fixed
+            Arguments fedsim sets, not config keys (a model's input shape): a config key of the
+            same name is refused as unknown.
+        """
+        entry = self.get(name)
+        fixed = dict(fixed or {})
+        check_params(
+            prefix or self.kind,
+            entry,
+            params,
+            what=what or f"{self.kind} {name!r}",
+            exclude=tuple(fixed),
+        )
+        plain = {k: (list(v) if isinstance(v, list | tuple) else v) for k, v in params.items()}
+        return entry(**fixed, **plain)  # type: ignore[operator]
 
     def meta(self, name: str) -> dict[str, Any]:
         """Metadata given at registration (capability flags and the like)."""

@@ -9,7 +9,6 @@ configures exactly those (``fraction_train=1``).
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from flwr.serverapp.strategy import (
@@ -27,8 +26,9 @@ from flwr.serverapp.strategy import (
 )
 from omegaconf import DictConfig, OmegaConf
 
-from fedsim.errors import ConfigError, invalid
+from fedsim.errors import invalid
 from fedsim.registries import STRATEGIES
+from fedsim.schema import check_params
 from strategies.state import Stateful
 
 
@@ -152,20 +152,26 @@ def strategy_params(cfg: DictConfig) -> dict[str, Any]:
     return {str(k): v for k, v in params.items() if k != "name"}
 
 
+def _fixed(cfg: DictConfig) -> dict[str, Any]:
+    """The arguments fedsim sets on a strategy (not config keys)."""
+    if STRATEGIES.meta(str(cfg.strategy.name)).get("needs_clients_per_round"):
+        from fedsim.config import clients_per_round
+
+        return {"num_sampled_clients": clients_per_round(cfg)}
+    return {}
+
+
 def check_strategy_params(cfg: DictConfig) -> None:
-    """Refuse unknown strategy parameters and too few clients for a robust rule."""
+    """Refuse unknown strategy parameters, values of the wrong type (the factory's keyword
+    signature is the group's schema) and too few clients for a robust rule."""
     from fedsim.config import clients_per_round
 
     name = str(cfg.strategy.name)
-    factory = STRATEGIES.get(name)
-    allowed = list(inspect.signature(factory).parameters)
     params = strategy_params(cfg)
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(
-                f"invalid strategy parameter {key!r} for strategy {name!r}: allowed "
-                f"{', '.join(allowed) or 'none'}"
-            )
+    exclude = tuple(_fixed(cfg))
+    check_params(
+        "strategy", STRATEGIES.get(name), params, what=f"strategy {name!r}", exclude=exclude
+    )
     f = int(params.get("num_malicious_nodes", 0))
     if f < 0:
         raise invalid("strategy.num_malicious_nodes", f, "an integer >= 0")
@@ -176,15 +182,13 @@ def check_strategy_params(cfg: DictConfig) -> None:
 
 
 def build_strategy(cfg: DictConfig) -> Strategy:
-    """Instantiate the strategy selected by ``cfg.strategy``."""
+    """Instantiate the strategy selected by ``cfg.strategy`` (its parameters checked first)."""
     check_strategy_params(cfg)
     name = str(cfg.strategy.name)
-    params = strategy_params(cfg)
-    if STRATEGIES.meta(name).get("needs_clients_per_round"):
-        from fedsim.config import clients_per_round
-
-        params["num_sampled_clients"] = clients_per_round(cfg)
-    return STRATEGIES.get(name)(**params)
+    strategy: Strategy = STRATEGIES.build(
+        name, strategy_params(cfg), prefix="strategy", what=f"strategy {name!r}", fixed=_fixed(cfg)
+    )
+    return strategy
 
 
 from strategies import robust as _robust  # noqa: E402,F401  (registers fedsim's robust rules)

@@ -66,6 +66,27 @@ def test_registry_refuses_duplicates_and_lists_valid_names() -> None:
         reg.get("b")
 
 
+def test_registry_build_checks_params_and_keeps_fixed_args_out_of_config() -> None:
+    reg: Registry = Registry("thing")
+
+    @reg.register("scaled")
+    def scaled(*, size: int, factor: float = 2.0, dims: tuple[int, ...] = (1,)) -> tuple:
+        return size, factor, dims
+
+    assert reg.build("scaled", {"factor": 3}, fixed={"size": 4}) == (4, 3, (1,))
+    assert reg.build("scaled", {"dims": (2, 3)}, fixed={"size": 1})[2] == [2, 3]  # plain lists
+    with pytest.raises(
+        ConfigError,
+        match=r"invalid thing parameter 'facter' for thing 'scaled': "
+        r"allowed factor, dims",
+    ):
+        reg.build("scaled", {"facter": 3}, fixed={"size": 4})
+    with pytest.raises(ConfigError, match="invalid thing parameter 'size'"):  # set by fedsim
+        reg.build("scaled", {"size": 3}, fixed={"size": 4})
+    with pytest.raises(ConfigError, match="invalid box.factor='big'"):
+        reg.build("scaled", {"factor": "big"}, prefix="box", fixed={"size": 4})
+
+
 def test_default_config_composes_and_validates() -> None:
     cfg = compose()
     validate(cfg)

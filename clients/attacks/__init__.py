@@ -23,7 +23,6 @@ from clients.attacks.base import (
     sample_with_attackers,
 )
 from fedsim.errors import ConfigError
-from fedsim.schema import check_params
 
 NO_ATTACK = "none"
 
@@ -43,8 +42,7 @@ def build_attack(name: str, params: Mapping[str, Any]) -> Attack | None:
                 f"invalid attack parameter {sorted(params)[0]!r} for attack 'none': allowed none"
             )
         return None
-    check_params("attack", cls, params, what=f"attack {name!r}")
-    attack = cls(**{k: (list(v) if isinstance(v, list | tuple) else v) for k, v in params.items()})
+    attack: Attack = ATTACKS.build(name, params)
     attack.check()
     return attack
 

@@ -21,7 +21,7 @@ from fedsim.data import to_float
 from fedsim.data.client_data import LABEL_KINDS, ClientData
 from fedsim.errors import ConfigError
 from fedsim.registries import LOCAL
-from fedsim.schema import check_params, spec
+from fedsim.schema import spec
 
 #: The optimizers a learner can use (``local.optimizer``).
 OPTIMIZERS = ("sgd", "adam")
@@ -281,6 +281,5 @@ def check_local_config(cfg: DictConfig) -> None:
 def build_learner(name: str, params: Mapping[str, Any], *, where: str = "local") -> Learner:
     """Instantiate the learner registered as ``name`` with ``params`` (checked against its
     signature, so a typo gives a one-line error listing the allowed parameters)."""
-    cls = LOCAL.get(name)
-    check_params(where, cls, params, what=f"local method {name!r}")
-    return cls(**params)
+    learner: Learner = LOCAL.build(name, params, prefix=where, what=f"local method {name!r}")
+    return learner

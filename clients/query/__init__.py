@@ -9,14 +9,13 @@ batched inference by the client (``clients/fal.py``). The math lives in pure fun
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fedsim.errors import ConfigError, invalid
+from fedsim.errors import invalid
 from fedsim.registries import QUERY
 
 MODEL_MODES = ("global", "local_only", "last_local")
@@ -116,16 +115,8 @@ class ModelModeStrategy(QueryStrategy):
 def build_query(name: str, params: Mapping[str, Any]) -> QueryStrategy:
     """Instantiate the strategy registered as ``name`` with ``params`` (checked against its
     signature: a typo gives one line listing the allowed parameters)."""
-    cls = QUERY.get(name)
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self",)]
-    allowed = [p for p in allowed if p not in ("args", "kwargs")]
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"invalid query parameter {unknown[0]!r} for query strategy {name!r}: allowed "
-            f"{', '.join(allowed) or 'none'}"
-        )
-    return cls(**params)
+    strategy: QueryStrategy = QUERY.build(name, params, what=f"query strategy {name!r}")
+    return strategy
 
 
 from clients.query import basic as _basic  # noqa: E402,F401  (registers the classic strategies)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedsim.errors import ConfigError, invalid
+from fedsim.errors import invalid
 from fedsim.registry import Registry
 
 ModelFactory = Callable[..., "ClassifierModel"]
@@ -84,18 +84,6 @@ def _check_int(key: str, value: object, minimum: int) -> int:
     return value
 
 
-def _allowed_params(factory: ModelFactory) -> tuple[list[str], bool]:
-    """Names of the factory's own hyper-parameters, and whether it takes ``**kwargs``."""
-    names: list[str] = []
-    var_kw = False
-    for p in inspect.signature(factory).parameters.values():
-        if p.kind is inspect.Parameter.VAR_KEYWORD:
-            var_kw = True
-        elif p.kind in _NAMED_KINDS and p.name not in _SHAPE_ARGS:
-            names.append(p.name)
-    return names, var_kw
-
-
 def build_model(
     name: str,
     *,
@@ -130,19 +118,11 @@ def build_model(
     ConfigError
         For an unknown model name, a parameter the model does not accept, or an invalid value.
     """
-    factory = MODELS.get(name)
+    MODELS.get(name)  # an unknown name first
     shape = {"num_classes": num_classes, "in_channels": in_channels, "image_size": image_size}
     for key, value in shape.items():
         _check_int(f"model.{key}", value, _MINIMA[key])
-    params = dict(params or {})
-    allowed, var_kw = _allowed_params(factory)
-    for key in params:
-        if key in _SHAPE_ARGS or (key not in allowed and not var_kw):
-            raise ConfigError(
-                f"invalid model parameter {key!r} for model {name!r}: "
-                f"allowed {', '.join(allowed) if allowed else '(none)'}"
-            )
-    model = factory(**shape, **params)
+    model = MODELS.build(name, dict(params or {}), prefix="model", fixed=shape)
     if not isinstance(model, ClassifierModel):  # pragma: no cover - programming error
         raise TypeError(f"model factory {name!r} returned {type(model).__name__}")
     return model
