@@ -134,9 +134,12 @@ def validate(cfg: DictConfig) -> None:
     check_params(
         "dataset",
         DATASETS.get(str(cfg.dataset.name)),
-        {k: v for k, v in cfg.dataset.items() if k != "name"},
+        {k: v for k, v in cfg.dataset.items() if k not in ("name", "val_fraction")},
         what=f"dataset {cfg.dataset.name!r}",
     )
+    from fedsim.data.validation import check_val_fraction
+
+    check_val_fraction(cfg.dataset.get("val_fraction", 0.0))
     check_params(
         "model.params",
         MODELS.get(str(cfg.model.name)),

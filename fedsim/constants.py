@@ -44,6 +44,13 @@ ROUND_SECONDS = "round_seconds"  # seconds this round took
 TIMESTAMP = "timestamp"  # unix time at the end of the round
 
 # --- backdoor metrics (metrics.jsonl keys, per evaluated round; fractions in [0, 1]) -----------
+VAL_LOSS = "val_loss"  # the server's validation split (dataset.val_fraction), clean labels
+VAL_ACCURACY = "val_accuracy"
+VAL_ASR = "val_asr"  # ASR / RA on the validation split's eligible images (under an attack)
+VAL_RA = "val_ra"
+BEST_VAL_ROUND = "best_val_round"  # summary: the evaluated round of highest val_accuracy
+BEST_VAL_ACCURACY = "best_val_accuracy"
+TEST_AT_BEST_VAL = "test_accuracy_at_best_val"  # the test accuracy of that round
 BACKDOOR_MA = "ma"  # main-task accuracy on the clean test split minus held-out sets
 BACKDOOR_ASR = "asr"  # triggered eligible test images predicted as the target
 BACKDOOR_RA = "ra"  # the same images predicted as their true label
@@ -58,6 +65,9 @@ TB_TAGS = {
     TRAIN_ACCURACY: "train/accuracy",
     EVAL_LOSS: "eval/loss",
     EVAL_ACCURACY: "eval/accuracy",
+    VAL_LOSS: "val/loss",
+    VAL_ACCURACY: "val/accuracy",
+    VAL_ASR: "val/asr",
     FAILURES: "round/failures",
     ROUND_SECONDS: "round/seconds",
     BACKDOOR_MA: "backdoor/ma",

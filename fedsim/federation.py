@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from fedsim.data import DatasetArrays, load_dataset, longtail_indices, partition_dataset
 from fedsim.data.client_data import ClientData
+from fedsim.data.validation import validation_split
 from fedsim.data.weak_clients import client_specs, generate, weak_config
 from fedsim.data.weak_labels import WeakLabels
 from fedsim.ssfl import split_server_set, ssfl_config
@@ -42,6 +43,9 @@ class Federation:
     server_indices
         The server's labeled set (``ssfl=labels_at_server``; indices into ``data.train_x``, not
         in any partition), else empty.
+    val_indices
+        The server's validation set (``dataset.val_fraction`` of the training split, clean
+        labels; indices into ``data.train_x``, in no partition and not in ``server_indices``).
     """
 
     data: DatasetArrays
@@ -50,6 +54,7 @@ class Federation:
     weak: tuple[WeakLabels, ...] = ()
     weak_groups: tuple[int, ...] = ()
     server_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    val_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     def client_data(self, partition_id: int) -> ClientData:
         """The data held by client ``partition_id``, with its weak labels."""
@@ -73,6 +78,11 @@ class Federation:
         )
 
 
+def val_fraction(cfg: DictConfig) -> float:
+    """``dataset.val_fraction`` (0 for a config saved before the key existed)."""
+    return float(cfg.dataset.get("val_fraction", 0.0) or 0.0)
+
+
 def _key(cfg: DictConfig) -> str:
     part = OmegaConf.to_container(cfg.partition, resolve=True)
     assert isinstance(part, dict)
@@ -84,6 +94,7 @@ def _key(cfg: DictConfig) -> str:
             "seed": int(cfg.seed),
             "longtail_rho": float(cfg.longtail_rho),
             "max_train_samples": cfg.get("max_train_samples"),
+            "val_fraction": val_fraction(cfg),
             "weak_labels": weak_config(cfg),
             "ssfl": ssfl_config(cfg),
         },
@@ -108,6 +119,7 @@ def _build(key: str) -> Federation:
     subset = spec.get("max_train_samples")
     if subset is not None and subset < len(keep):
         keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(keep))[:subset])
+    keep, val = validation_split(labels, keep, spec["val_fraction"], seed)  # before the long tail
     if rho != 1.0:
         kept = longtail_indices(labels[keep], rho, np.random.default_rng([seed, 1]))
         keep = keep[kept]
@@ -136,4 +148,5 @@ def _build(key: str) -> Federation:
         weak=tuple(weak),
         weak_groups=tuple(g for g, _ in specs),
         server_indices=server,
+        val_indices=val,
     )

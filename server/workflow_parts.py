@@ -71,6 +71,7 @@ def progress_line(record: dict[str, Any], rounds: int) -> str:
         (C.TRAIN_LOSS, "train_loss"),
         (C.EVAL_LOSS, "eval_loss"),
         (C.EVAL_ACCURACY, "eval_acc"),
+        (C.VAL_ACCURACY, "val_acc"),
     ):
         value = record.get(key)
         if value is not None and np.isfinite(value):

@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
-from server.components import backdoor, defense, fal, fltrust, ssfl  # noqa: F401  (register)
+from server.components import (  # noqa: F401  (register)
+    backdoor,
+    defense,
+    fal,
+    fltrust,
+    ssfl,
+    validation,
+)
 from server.components.base import COMPONENTS, Component, wanted_components
 
 if TYPE_CHECKING:

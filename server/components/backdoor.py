@@ -18,6 +18,8 @@ from server.components.base import Component, register
 from server.workflow_parts import check_holdout_fits
 
 if TYPE_CHECKING:
+    import torch
+
     from fedsim.federation import Federation
     from fedsim.models import ClassifierModel
     from server.workflow import Workflow
@@ -100,21 +102,29 @@ class BackdoorEval(Component):
     def metrics(self, wf: Workflow, model: ClassifierModel, base: dict[str, Any]) -> dict[str, Any]:
         """MA (the clean accuracy in ``base``) and the attack's ASR/RA."""
         out: dict[str, Any] = {C.BACKDOOR_MA: base[C.EVAL_ACCURACY]}
-        if self.attack is not None:
-            data = wf.federation.data
-            out.update(
-                backdoor_metrics(
-                    model,
-                    data.test_x[wf.eval_idx],
-                    data.test_y[wf.eval_idx],
-                    self.attack,
-                    mean=data.mean,
-                    std=data.std,
-                    device=wf.device,
-                    batch_size=int(wf.cfg.eval_batch_size),
-                )
-            )
+        data = wf.federation.data
+        out.update(
+            self.attack_metrics(wf, model, data.test_x[wf.eval_idx], data.test_y[wf.eval_idx])
+        )
         return out
+
+    def attack_metrics(
+        self, wf: Workflow, model: ClassifierModel, x: torch.Tensor, y: torch.Tensor
+    ) -> dict[str, Any]:
+        """The attack's ASR/RA on the images ``x`` with labels ``y`` (empty without an attack)."""
+        if self.attack is None:
+            return {}
+        data = wf.federation.data
+        return backdoor_metrics(
+            model,
+            x,
+            y,
+            self.attack,
+            mean=data.mean,
+            std=data.std,
+            device=wf.device,
+            batch_size=int(wf.cfg.eval_batch_size),
+        )
 
     def evaluate(
         self, wf: Workflow, server_round: int, model: ClassifierModel, base: dict[str, Any]

@@ -49,7 +49,11 @@ def _view(wf: Workflow, model: torch.nn.Module) -> dict[str, Any]:
     base = {C.EVAL_LOSS: loss, C.EVAL_ACCURACY: acc}
     backdoor = wf.component("backdoor")
     assert isinstance(backdoor, BackdoorEval)
-    return {**base, **backdoor.metrics(wf, model, base)}  # type: ignore[arg-type]
+    out = {**base, **backdoor.metrics(wf, model, base)}  # type: ignore[arg-type]
+    validation = wf.component("validation")
+    if validation is not None:  # the defended model on validation: what a sweep chooses on
+        out.update(validation.metrics(wf, model))  # type: ignore[attr-defined]
+    return out
 
 
 def apply_defense(
@@ -88,7 +92,7 @@ def apply_defense(
     model.load_state_dict(state)
     after = _view(wf, model)
     result: dict[str, Any] = {"name": name, "round": int(ckpt["round"]), **info}
-    for key in (C.BACKDOOR_MA, C.BACKDOOR_ASR, C.BACKDOOR_RA):
+    for key in (C.BACKDOOR_MA, C.BACKDOOR_ASR, C.BACKDOOR_RA, C.VAL_ACCURACY, C.VAL_ASR):
         if key in before:
             result[f"{key}_before"] = before[key]
             result[f"{key}_after"] = after[key]
@@ -113,6 +117,9 @@ def posthoc_defense(run_dir: Path, defense: dict[str, Any]) -> dict[str, Any]:
     cfg = OmegaConf.load(Path(run_dir) / C.CONFIG_FILE)
     assert isinstance(cfg, DictConfig)
     check_defense(str(defense["name"]), defense_params(defense), str(cfg.dataset.name))
-    wf = Workflow(cfg, Path(run_dir), components=[BackdoorEval()])
+    from server.components.validation import Validation
+
+    views: list[Component] = [BackdoorEval()] + ([Validation()] if Validation.wanted(cfg) else [])
+    wf = Workflow(cfg, Path(run_dir), components=views)
     wf.setup()
     return apply_defense(wf, defense, out_name=f"defense_{defense['name']}.json")
