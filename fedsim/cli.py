@@ -11,7 +11,11 @@ import sys
 from fedsim.errors import ConfigError, RunStopped
 
 USAGE = """usage: fedsim run [key=value ...] [-m]    run a federation (Hydra overrides; -m sweeps)
-       fedsim report RUN_DIR [RUN_DIR ...]  compare finished runs (mean ± std over seeds)
+       fedsim report RUN_DIR [RUN_DIR ...] [--baseline LABEL]
+                                            compare finished runs (mean, 95% CI; paired Δ)
+       fedsim study NAME [key=value ...] [--report-only] [--dry-run]
+                                            run a study (conf/study/NAME.yaml), cached and
+                                            resumable, and write its tables
        fedsim submit [--app DIR] CONNECTION [key=value ...]
                                             flwr run on a SuperLink, failing unless it completed
        fedsim doctor --superlink HOST:9092 --root-certificates CA [--auth-supernode-private-key
@@ -22,6 +26,7 @@ examples:
   fedsim run dataset=mnist dataset.root=../shared/data model=cnn rounds=50
   fedsim run -m seed=0,1,2
   fedsim run resume=outputs/2026-01-01/12-00-00
+  fedsim study weak_supervision seeds=[0,1]
 """
 
 
@@ -113,6 +118,33 @@ def _hydra_run(argv: list[str]) -> int:
     return 2 if failures else 1 if stopped else 0
 
 
+def main_study(argv: list[str]) -> int:
+    """``fedsim study NAME [key=value ...] [--report-only] [--dry-run]``."""
+    flags = {a for a in argv if a.startswith("--")}
+    unknown = flags - {"--report-only", "--dry-run"}
+    if unknown:
+        raise ConfigError(
+            f"unknown option {sorted(unknown)[0]!r} of fedsim study: allowed --report-only, "
+            "--dry-run"
+        )
+    rest = [a for a in argv if not a.startswith("--")]
+    if not rest:
+        raise ConfigError("fedsim study needs a study name: one of conf/study/*.yaml")
+    name, overrides = rest[0], rest[1:]
+    if "--dry-run" in flags:
+        from fedsim.study import load_study, plan
+        from fedsim.study.cache import is_done
+
+        runs = plan(load_study(name, overrides))
+        done = sum(is_done(r.dir) for r in runs)
+        print(f"study {name}: {len(runs)} runs, {done} made, {len(runs) - done} to make")
+        return 0
+    from fedsim.study import run_and_report
+
+    run_and_report(name, overrides, report_only="--report-only" in flags)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedsim`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -127,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             from fedsim.report import main_report
 
             return main_report(rest)
+        if command == "study":
+            return main_study(rest)
         if command == "submit":
             from fedsim.deploy import main_submit
 
@@ -139,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedsim: error: {e}", file=sys.stderr)
         return 2
     print(
-        f"fedsim: error: unknown command {command!r}: allowed run, report, submit, doctor\n\n{USAGE}",
+        f"fedsim: error: unknown command {command!r}: allowed run, report, study, submit, doctor\n\n{USAGE}",
         file=sys.stderr,
     )
     return 2

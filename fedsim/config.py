@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ CONF_DIR = Path(_conf_pkg.__file__).resolve().parent
 DEVICES = ("auto", "cpu", "cuda")
 
 
+#: Hydra's compose API keeps global state while it composes: one thread at a time.
+_COMPOSE_LOCK = threading.Lock()
+
+
 def compose(overrides: Sequence[str] = ()) -> DictConfig:
     """Compose ``conf/config.yaml`` with Hydra-style ``overrides`` (no Hydra global state kept).
 
@@ -41,7 +46,7 @@ def compose(overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        with _COMPOSE_LOCK, initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = hydra_compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as e:
         raise ConfigError(" ".join(str(e).split())) from None

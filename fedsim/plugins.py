@@ -32,6 +32,8 @@ CLIENT_APP = "clients.app:app"
 #: The ClientApp's runtime factory (data, model, learner of a node); the fast engine's workers
 #: build it at load time to warm up.
 CLIENT_RUNTIME = "clients.app:client_runtime"
+#: A post-training defense applied to a finished run (studies' post-hoc variants).
+POSTHOC_DEFENSE = "server.components.defense:posthoc_defense"
 
 _state = {"loaded": False, "loading": False}
 

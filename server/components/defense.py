@@ -108,9 +108,11 @@ def apply_defense(
     return result
 
 
-def posthoc_defense(run_dir: Path, defense: dict[str, Any]) -> dict[str, Any]:
+def posthoc_defense(
+    run_dir: Path, defense: dict[str, Any], *, out_name: str | None = None
+) -> dict[str, Any]:
     """Apply ``defense`` (a ``cfg.defense``-like mapping) to a finished run's final checkpoint, as
-    a post-hoc step; writes ``defense_<name>.json`` in the run directory."""
+    a post-hoc step; writes ``out_name`` (default ``defense_<name>.json``) in the run directory."""
     from server.defenses import check_defense
     from server.workflow import Workflow
 
@@ -122,4 +124,4 @@ def posthoc_defense(run_dir: Path, defense: dict[str, Any]) -> dict[str, Any]:
     views: list[Component] = [BackdoorEval()] + ([Validation()] if Validation.wanted(cfg) else [])
     wf = Workflow(cfg, Path(run_dir), components=views)
     wf.setup()
-    return apply_defense(wf, defense, out_name=f"defense_{defense['name']}.json")
+    return apply_defense(wf, defense, out_name=out_name or f"defense_{defense['name']}.json")

@@ -23,15 +23,18 @@ if TYPE_CHECKING:
 
 def best_on_validation(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary entries of the evaluated round with the highest validation accuracy (the
-    earliest among ties): its round, its validation accuracy and its test accuracy."""
+    earliest among ties): its round, its validation accuracy and its test accuracy; and the last
+    evaluated round's validation numbers (``final_val_*``)."""
     evals = [r for r in rounds if r.get(C.VAL_ACCURACY) is not None]
     if not evals:
         return {}
     best = max(evals, key=lambda r: (float(r[C.VAL_ACCURACY]), -int(r[C.ROUND])))
+    last = evals[-1]
     return {
         C.BEST_VAL_ROUND: int(best[C.ROUND]),
         C.BEST_VAL_ACCURACY: float(best[C.VAL_ACCURACY]),
         C.TEST_AT_BEST_VAL: best.get(C.EVAL_ACCURACY),
+        **{f"final_{k}": last[k] for k in (C.VAL_LOSS, C.VAL_ACCURACY, C.VAL_ASR) if k in last},
     }
 
 

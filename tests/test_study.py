@@ -1,0 +1,225 @@
+"""``fedsim study``: the cache (reuse, reruns of exactly the changed runs), resume after a kill,
+two processes sharing the work, selection on validation only, and the report."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from omegaconf import DictConfig
+
+from fedsim import constants as C
+from fedsim.errors import ConfigError
+from fedsim.study import cache, load_study, parse_study, plan, run_study, write_report
+from fedsim.study.tables import apply_selections, metric_value, posthoc_row
+
+TINY = {
+    "name": "t",
+    "base": ["num_clients=4", "clients_per_round=4", "rounds=2", "tensorboard=false"],
+    "seeds": [0, 1],
+    "axes": {"method": {"fedavg": ["strategy=fedavg"], "fedprox": ["strategy=fedprox"]}},
+    "baseline": {"method": "fedavg"},
+    "tables": [{"title": "acc", "metric": "test_accuracy_at_best_val", "rows": "method"}],
+}
+
+
+def _spec(tmp_path: Path, **changes: Any):
+    node = {**TINY, "output": str(tmp_path / "studies"), **changes}
+    return parse_study(node)
+
+
+class Counting:
+    """Runs configs on the test session and records which ran."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        from fedsim.engine.session import open_session
+
+        self.session = open_session()
+        self.ran: list[str] = []
+        self.stop_after = stop_after
+
+    def __call__(self, cfg: DictConfig) -> Any:
+        if self.stop_after is not None and len(self.ran) >= self.stop_after:
+            raise KeyboardInterrupt  # the study process is killed before this run
+        self.ran.append(Path(cfg.output_dir).name)
+        assert self.session is not None
+        return self.session.run(cfg)
+
+
+def _table(spec, tmp_path: Path) -> str:
+    text = write_report(spec, plan(spec, root=tmp_path), root=tmp_path)
+    return text.split("- **Commit:**")[0] + text.split("(wins/n) |", 1)[1]
+
+
+def test_a_study_reuses_its_runs_and_reruns_exactly_the_changed_ones(tmp_path: Path) -> None:
+    spec = _spec(tmp_path)
+    first = Counting()
+    runs = run_study(spec, root=tmp_path, execute=first)
+    assert len(first.ran) == 4 and all(cache.is_done(r.dir) for r in runs)
+    table = _table(spec, tmp_path)
+    again = Counting()
+    run_study(spec, root=tmp_path, execute=again)
+    assert again.ran == []  # every run cached
+    assert _table(spec, tmp_path) == table
+    # one key changed for one cell: only that cell's two seeds run again
+    axes = {"method": {"fedavg": ["strategy=fedavg"], "fedprox": ["strategy=fedprox", "rounds=3"]}}
+    changed = _spec(tmp_path, axes=axes)
+    third = Counting()
+    new_runs = run_study(changed, root=tmp_path, execute=third)
+    fedprox = {r.dir.name for r in new_runs if r.cell.label("method") == "fedprox"}
+    assert set(third.ran) == fedprox and len(third.ran) == 2
+    rows = (tmp_path / "studies" / "t" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 4 and rows[0].startswith("method,seed,variant,key")
+
+
+def test_a_killed_study_resumes_and_ends_with_the_same_table(tmp_path: Path) -> None:
+    whole = _spec(tmp_path / "a")
+    run_study(whole, root=tmp_path, execute=Counting())
+    expected = _table(whole, tmp_path)
+
+    spec = _spec(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, root=tmp_path, execute=Counting(stop_after=1))
+    runs = plan(spec, root=tmp_path)
+    assert sum(cache.is_done(r.dir) for r in runs) == 1
+    assert not list((tmp_path / "b" / "studies" / "t" / "runs").glob("*.lock"))  # released
+    # a run killed mid-way: its directory holds round 1's checkpoint (made with rounds=1)
+    partial = runs[2]
+    cfg = partial.cfg.copy()
+    cfg.rounds, cfg.output_dir = 1, str(partial.dir)
+    Counting()(cfg)
+    assert cache.can_resume(partial.dir) and not cache.is_done(partial.dir)
+    rest = Counting()
+    run_study(spec, root=tmp_path, execute=rest)
+    assert len(rest.ran) == 3
+    metrics = [json.loads(x) for x in (partial.dir / C.METRICS_FILE).read_text().splitlines()]
+    assert [m[C.ROUND] for m in metrics] == [1, 2]  # continued from round 1, not redone
+    assert _table(spec, tmp_path) == expected
+
+
+def test_two_processes_share_a_study_and_make_each_run_once(tmp_path: Path) -> None:
+    spec = _spec(tmp_path, seeds=[0, 1, 2])
+    made: list[str] = []
+    lock = threading.Lock()
+
+    def fake(cfg: DictConfig) -> None:  # writes what a finished run leaves
+        out = Path(cfg.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / C.SUMMARY_FILE).write_text(json.dumps({"test_accuracy_at_best_val": 0.5}))
+        with lock:
+            made.append(out.name)
+        threading.Event().wait(0.05)
+
+    threads = [
+        threading.Thread(
+            target=run_study,
+            args=(spec,),
+            kwargs={"root": tmp_path, "execute": fake, "out": open("/dev/null", "w")},
+        )
+        for _ in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(made) == sorted(r.dir.name for r in plan(spec, root=tmp_path))  # once each
+
+
+def test_a_stale_lock_is_taken_over_and_a_live_one_is_not(tmp_path: Path) -> None:
+    lock = tmp_path / "k.lock"
+    held = cache.try_claim(lock)
+    assert held is not None and cache.try_claim(lock) is None  # this (live) process holds it
+    held.release()
+    lock.write_text(json.dumps({"pid": 2**22 + 12345, "host": __import__("socket").gethostname()}))
+    assert cache.holder(lock) is None  # its process does not exist
+    assert cache.try_claim(lock) is not None
+
+
+def test_selection_is_on_validation_only_and_picks_the_best_mean() -> None:
+    node = {
+        **TINY,
+        "select": [
+            {
+                "name": "best",
+                "axis": "method",
+                "among": ["fedavg", "fedprox"],
+                "metric": "eval_accuracy",
+                "mode": "max",
+            }
+        ],
+    }
+    with pytest.raises(ConfigError, match="never chooses on the test split"):
+        parse_study(node)
+    node["select"][0]["metric"] = "final_val_accuracy - final_val_asr"
+    spec = parse_study(node)
+    rows = [
+        {
+            "method": "fedavg",
+            "seed": 0,
+            "final_val_accuracy": 0.9,
+            "final_val_asr": 0.5,
+            "final_accuracy": 0.1,
+        },
+        {
+            "method": "fedavg",
+            "seed": 1,
+            "final_val_accuracy": 0.8,
+            "final_val_asr": 0.4,
+            "final_accuracy": 0.2,
+        },
+        {
+            "method": "fedprox",
+            "seed": 0,
+            "final_val_accuracy": 0.7,
+            "final_val_asr": 0.1,
+            "final_accuracy": 0.3,
+        },
+        {
+            "method": "fedprox",
+            "seed": 1,
+            "final_val_accuracy": 0.6,
+            "final_val_asr": 0.2,
+            "final_accuracy": 0.4,
+        },
+    ]
+    # means: fedavg 0.4, fedprox 0.5 -> fedprox, whose test numbers are reported as "best"
+    out, choices = apply_selections(spec, rows)
+    assert choices[0]["chosen"] == "fedprox" and choices[0]["value"] == pytest.approx(0.5)
+    best = [r for r in out if r["method"] == "best"]
+    assert [r["final_accuracy"] for r in best] == [0.3, 0.4]
+    assert metric_value(rows[0], "final_val_accuracy - final_val_asr") == pytest.approx(0.4)
+
+
+def test_posthoc_rows_take_the_defended_numbers() -> None:
+    row = posthoc_row(
+        {"final_ma": 0.9, "final_asr": 0.8, "seed": 0},
+        {"ma_before": 0.9, "ma_after": 0.85, "asr_after": 0.1, "eps": 0.01},
+    )
+    assert row == {"final_ma": 0.85, "final_asr": 0.1, "seed": 0, "defense_eps": 0.01}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"seeds": []}, "invalid seeds"),
+        ({"bogus": 1}, "invalid study key 'bogus'"),
+        ({"baseline": {"method": "fedsgd"}}, "invalid baseline.method='fedsgd'"),
+        ({"tables": [{"metric": "x", "rows": "setting"}]}, "invalid tables\\[0\\].rows"),
+        ({"axes": {"method": {"a": "strategy=fedavg"}}}, "a list of override strings"),
+    ],
+)
+def test_bad_study_declarations_get_one_line(change: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_study({**TINY, **change})
+
+
+def test_unknown_study_and_bad_cell_are_refused_before_any_run(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown study 'nope': valid study names are .*tiny"):
+        load_study("nope")
+    spec = _spec(tmp_path, axes={"method": {"x": ["strategy=fedsgd"]}}, baseline={})
+    with pytest.raises(ConfigError, match="study t, cell method=x: .*fedsgd"):
+        plan(spec, root=tmp_path)
+    assert not (tmp_path / "studies").exists()
