@@ -3,6 +3,7 @@ two processes sharing the work, selection on validation only, and the report."""
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_two_processes_share_a_study_and_make_each_run_once(tmp_path: Path) -> N
         threading.Thread(
             target=run_study,
             args=(spec,),
-            kwargs={"root": tmp_path, "execute": fake, "out": open("/dev/null", "w")},
+            kwargs={"root": tmp_path, "execute": fake, "out": io.StringIO()},
         )
         for _ in range(2)
     ]

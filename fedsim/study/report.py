@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.outputs import write_text_atomic
+from fedsim.plugins import load_plugins
 from fedsim.registry import Registry
 from fedsim.study.runner import PlannedRun, study_dir
 from fedsim.study.spec import Plot, StudySpec
@@ -30,7 +31,8 @@ FINDINGS_MARKER = "<!-- findings: hand-written below this line, kept on regenera
 ReportFn = Callable[[StudySpec, list[PlannedRun], list[Row], list[Row], Path], str]
 #: Extra report sections a study names in ``reports`` (a function of the spec, the runs, the
 #: run rows, the round rows and the document's directory, returning Markdown).
-STUDY_REPORTS: Registry[ReportFn] = Registry("study report")
+#: Plugins register into it (``fedsim.plugins`` entry points), so a lookup loads them first.
+STUDY_REPORTS: Registry[ReportFn] = Registry("study report", loader=load_plugins)
 
 
 def _commit(root: Path) -> str:
