@@ -45,8 +45,9 @@ def posthoc_row(base: Row, result: Mapping[str, Any]) -> Row:
 
 def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], list[Row]]:
     """``(run rows, round rows)`` of the made runs: the axes' labels, the seed, the key and the
-    variant (``trained`` or a post-hoc label), then every number of the summary (run rows) or of
-    each round's record (round rows)."""
+    variant (``trained`` or a post-hoc label), then every number of the summary and, as
+    ``last_<key>``, the last value of each round-record key (run rows), or every number of each
+    round's record (round rows)."""
     run_rows: list[Row] = []
     round_rows: list[Row] = []
     for run in runs:
@@ -55,11 +56,15 @@ def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], lis
         summary = json.loads((run.dir / C.SUMMARY_FILE).read_text())
         base: Row = {**dict(run.cell.labels), "seed": run.seed, "key": run.key}
         trained = {**base, "variant": "trained", **_scalars(summary)}
-        run_rows.append(trained)
+        last: Row = {}
         for rec in read_metrics(run.dir):
             if rec.get(C.RECORD_KIND) == "stage" or C.ROUND not in rec:
                 continue
-            round_rows.append({**base, "variant": "trained", **_scalars(rec)})
+            numbers = _scalars(rec)
+            round_rows.append({**base, "variant": "trained", **numbers})
+            last.update(numbers)
+        trained.update({f"last_{k}": v for k, v in last.items()})  # each key's last value
+        run_rows.append(trained)
         for label, defense in spec.posthoc.items():
             path = run.dir / cache.posthoc_key(label, dict(defense))
             if path.is_file():
