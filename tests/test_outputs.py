@@ -22,6 +22,7 @@ from fedsim.constants import (
     SEED,
     SUMMARY_FILE,
     TENSORBOARD_DIR,
+    TEST_AT_BEST_VAL,
     TOTAL_FAILURES,
     TOTAL_SECONDS,
     TRAIN_LOSS,
@@ -154,6 +155,7 @@ def _fake_run(folder: Path, strategy: dict, seed: int, acc: float) -> Path:
     summary = {
         FINAL_ACCURACY: acc,
         BEST_ACCURACY: acc + 0.01,
+        TEST_AT_BEST_VAL: acc - 0.01,
         ROUNDS_DONE: 5,
         TOTAL_SECONDS: 10.0 + seed,
         TOTAL_FAILURES: 1,
@@ -188,11 +190,25 @@ def test_report_groups_over_seeds(runs: list[Path]) -> None:
     table = report_table(runs)
     assert len(table.splitlines()) == 2 + 2  # header, rule, two groups
     fedavg = _row(table, "strategy=fedavg")
-    assert "0.9100 ± 0.0141" in fedavg
-    assert "0.9200" in fedavg  # best accuracy mean
+    # 0.90 and 0.92: s = 0.01414, half width t(0.975, 1) * s / sqrt(2) = 12.706 * 0.01 = 0.1271
+    assert "0.9100 [0.7829, 1.0371]" in fedavg
+    assert "0.9000" in fedavg  # test accuracy at the best-validation round (not the best test)
+    assert "0.9200" not in fedavg and "0.9300" not in fedavg
     assert " 2 " in fedavg and "10.5" in fedavg
     fedprox = _row(table, "strategy=fedprox")
-    assert "0.8500 ± 0.0000" in fedprox
+    assert "0.8500 " in fedprox and "[" not in fedprox  # one seed: no interval
+
+
+def test_report_pairs_over_seeds_against_a_baseline(runs: list[Path], tmp_path: Path) -> None:
+    fedprox = {"name": "fedprox", "mu": 0.01}
+    runs.append(_fake_run(tmp_path / "sweep" / "b1", fedprox, 1, 0.86))
+    table = report_table(runs, baseline="strategy=fedavg")
+    assert "Δ final vs" in table.splitlines()[0]
+    # diffs -0.05 and -0.06: mean -0.055, s = 0.00707, half 12.706 * 0.005 = 0.0635; lost both
+    assert "-0.0550 [-0.1185, +0.0085] (0/2)" in _row(table, "strategy=fedprox")
+    assert "baseline" in table.splitlines()[2] and "strategy=fedavg" in table.splitlines()[2]
+    with pytest.raises(ConfigError, match="invalid --baseline 'strategy=krum'"):
+        report_table(runs, baseline="strategy=krum")
 
 
 def test_report_single_group_is_all(runs: list[Path]) -> None:
@@ -222,7 +238,7 @@ def test_main_report_markdown(runs: list[Path], capsys: pytest.CaptureFixture[st
     assert lines[0].startswith("| group |") and lines[0].endswith("|")
     assert set(lines[1]) <= set("|-: ")
     assert len(lines) == 4
-    assert "0.9100 ± 0.0141" in _row("\n".join(lines), "strategy=fedavg")
+    assert "0.9100 [0.7829, 1.0371]" in _row("\n".join(lines), "strategy=fedavg")
 
 
 def test_mean_std_of_seeds() -> None:
