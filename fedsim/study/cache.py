@@ -1,11 +1,13 @@
 """A study's run cache: each run lives under the hash of its fully resolved config, and a run
 being made is claimed by one process at a time (a lock file, taken over when its holder died).
 
-Layout under ``<output>/<study>/``::
+Layout under a study's ``output`` (default ``outputs/studies``)::
 
-    runs/<key>/            the run directory (config.yaml, metrics.jsonl, summary.json, ...)
+    runs/<key>/            the run directory (config.yaml, metrics.jsonl, summary.json, ...),
+                           shared by the studies that declare the same run
     runs/<key>/study.json  written last: the run is complete (cell labels, seed, key)
     runs/<key>.lock        held while a process makes the run (pid, host)
+    <study>/               the study's tables (runs.csv, rounds.csv, selections.csv)
 """
 
 from __future__ import annotations

@@ -51,13 +51,19 @@ def study_dir(spec: StudySpec, root: Path | None = None) -> Path:
     return out / spec.name
 
 
+def runs_root(spec: StudySpec, root: Path | None = None) -> Path:
+    """Where runs are cached: ``<output>/runs``, shared by every study with the same ``output``
+    (a run two studies both declare, config for config, is made once)."""
+    return study_dir(spec, root).parent / "runs"
+
+
 def plan(spec: StudySpec, *, root: Path | None = None) -> list[PlannedRun]:
     """Compose and check every run of ``spec`` (one :class:`~fedsim.errors.ConfigError` line on
     the first bad one, naming its cell), before any work."""
     from fedsim.config import compose, validate
     from fedsim.errors import ConfigError
 
-    runs_dir = study_dir(spec, root) / "runs"
+    runs_dir = runs_root(spec, root)
     runs = []
     for cell in spec.cells:
         for seed in spec.seeds:
