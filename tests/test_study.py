@@ -224,3 +224,11 @@ def test_unknown_study_and_bad_cell_are_refused_before_any_run(tmp_path: Path) -
     with pytest.raises(ConfigError, match="study t, cell method=x: .*fedsgd"):
         plan(spec, root=tmp_path)
     assert not (tmp_path / "studies").exists()
+
+
+def test_runs_whose_clients_keep_state_restart_instead_of_resuming() -> None:
+    from fedsim.config import compose
+    from fedsim.study.runner import keeps_client_state
+
+    assert keeps_client_state(compose(["local=gce"]))  # its per-client state is not checkpointed
+    assert not keeps_client_state(compose(["local=supervised"]))
