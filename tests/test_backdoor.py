@@ -14,8 +14,8 @@ from fedsim import constants as C
 from fedsim.config import compose
 from fedsim.errors import ConfigError
 from fedsim.runner import prepare
-from server.components import build_components
 from server.backdoor_eval import backdoor_metrics, holdout_split
+from server.components import build_components
 
 
 def test_holdout_takes_first_per_class_for_aux_and_removes_both_sets() -> None:

@@ -232,3 +232,22 @@ def test_runs_whose_clients_keep_state_restart_instead_of_resuming() -> None:
 
     assert keeps_client_state(compose(["local=gce"]))  # its per-client state is not checkpointed
     assert not keeps_client_state(compose(["local=supervised"]))
+
+
+STUDIES = sorted(
+    p.stem for p in (Path(__file__).resolve().parents[1] / "conf" / "study").glob("*.yaml")
+)
+
+
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_config_loads(name: str) -> None:
+    spec = load_study(name)
+    assert spec.cells and spec.seeds and spec.name == name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", STUDIES)
+def test_every_study_plans_every_run(name: str, tmp_path: Path) -> None:
+    runs = plan(load_study(name, [f"output={tmp_path}"]), root=tmp_path)
+    assert len(runs) == len(load_study(name).cells) * len(load_study(name).seeds)
+    assert len({r.key for r in runs}) == len(runs)  # no two cells are the same run
