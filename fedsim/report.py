@@ -247,8 +247,9 @@ def _by_seed(runs: Sequence[RunInfo], key: str) -> dict[int, float]:
     for run in runs:
         value = run.summary.get(key)
         seed = run.summary.get("seed", run.config.get("seed"))
-        number = isinstance(value, int | float) and not isinstance(value, bool)
-        if number and math.isfinite(value) and isinstance(seed, int):
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            continue
+        if math.isfinite(value) and isinstance(seed, int):
             out[seed] = float(value)
     return out
 
@@ -263,7 +264,7 @@ def _rows(
     unique = list(dict.fromkeys(p.resolve() for p in paths))
     runs = [load_run(p) for p in unique]
     groups = group_runs(runs)
-    header = HEADERS
+    header: tuple[str, ...] = HEADERS
     base = None
     if baseline is not None:
         matches = [label for label in groups if baseline == label or baseline in label.split()]

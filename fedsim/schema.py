@@ -109,7 +109,11 @@ def _split(tp: Any) -> tuple[Any, Spec]:
 
 def _hints(obj: Any) -> dict[str, Any]:
     """Resolved annotations of a class or function (unresolvable ones are ``Any``)."""
-    target = obj.__init__ if isinstance(obj, type) and not dataclasses.is_dataclass(obj) else obj
+    target = (
+        obj.__init__  # type: ignore[misc]
+        if isinstance(obj, type) and not dataclasses.is_dataclass(obj)
+        else obj
+    )
     try:
         return typing.get_type_hints(target, include_extras=True)
     except Exception:  # a name only imported under TYPE_CHECKING: check that key's type loosely
@@ -149,7 +153,7 @@ def keys_of(obj: Any) -> list[Key]:
                 continue
             tp, sp = _split(hints.get(f.name, Any))
             if sp == Spec():  # a subclass that redeclares a field keeps its base's spec
-                sp = _inherited_spec(obj, f.name, tp)
+                sp = _inherited_spec(obj if isinstance(obj, type) else type(obj), f.name, tp)
             if f.default is not dataclasses.MISSING:
                 default, required = f.default, False
             elif f.default_factory is not dataclasses.MISSING:
@@ -158,7 +162,7 @@ def keys_of(obj: Any) -> list[Key]:
                 default, required = None, True
             out.append(Key(f.name, tp, sp, default, required))
         return out
-    fn: Callable[..., Any] = obj.__init__ if isinstance(obj, type) else obj
+    fn: Callable[..., Any] = obj.__init__ if isinstance(obj, type) else obj  # type: ignore[misc]
     params = list(inspect.signature(fn).parameters.values())
     if any(p.kind is p.KEYWORD_ONLY for p in params):  # f(data, *, key=...): the keys are after *
         params = [p for p in params if p.kind is p.KEYWORD_ONLY]

@@ -284,7 +284,7 @@ def load_study(name: str, overrides: Sequence[str] = ()) -> StudySpec:
     assert isinstance(raw, DictConfig)
     node = OmegaConf.to_container(raw, resolve=True)
     assert isinstance(node, dict)
-    return parse_study(node, default_name=Path(name).stem)
+    return parse_study({str(k): v for k, v in node.items()}, default_name=Path(name).stem)
 
 
 def parse_study(node: Mapping[str, Any], *, default_name: str = "study") -> StudySpec:

@@ -171,7 +171,9 @@ def markdown_table(spec: StudySpec, table: Table, rows: list[Row], order: Mappin
 
 def _one_table(spec: StudySpec, table: Table, rows: list[Row], order: Mapping) -> str:
     base = spec.baseline.get(table.rows)
-    cols = _labels(rows, table.cols, order[table.cols]) if table.cols else [None]
+    cols: list[str | None] = [None]
+    if table.cols:
+        cols = list(_labels(rows, table.cols, order[table.cols]))
     header = [table.rows]
     for c in cols:
         name = c if c is not None else table.metric
@@ -205,7 +207,7 @@ def _one_table(spec: StudySpec, table: Table, rows: list[Row], order: Mapping) -
 def _by_seed(rows: list[Row], table: Table, label: str, col: str | None) -> dict[int, float]:
     out = {}
     for r in rows:
-        if r.get(table.rows) == label and (col is None or r.get(table.cols) == col):
+        if r.get(table.rows) == label and (col is None or r.get(table.cols or "") == col):
             value = metric_value(r, table.metric)
             if math.isfinite(value):
                 out[int(r["seed"])] = value
