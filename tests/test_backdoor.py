@@ -75,11 +75,13 @@ def test_components_follow_the_config() -> None:
     def names(overrides: list[str]) -> list[str]:
         return [c.name for c in build_components(compose(overrides))]
 
-    assert names([]) == []
-    assert names(["attack=cba"]) == ["backdoor"]
-    assert names(["strategy=fltrust"]) == ["backdoor", "fltrust"]
-    assert names(["dataset=mnist", "defense=flain"]) == ["backdoor", "defense"]
+    assert names([]) == ["validation"]  # dataset.val_fraction > 0 by default
+    assert names(["dataset.val_fraction=0"]) == []
+    assert names(["attack=cba"]) == ["validation", "backdoor"]
+    assert names(["strategy=fltrust"]) == ["validation", "backdoor", "fltrust"]
+    assert names(["dataset=mnist", "defense=flain"]) == ["validation", "backdoor", "defense"]
     assert names(["query=entropy", "attack=cba", "defense=flain", "strategy=fltrust"]) == [
+        "validation",
         "backdoor",
         "fltrust",
         "fal",

@@ -74,12 +74,20 @@ def test_conflicting_features_are_refused_with_one_line(overrides: list[str], ma
 
 
 def test_every_component_declares_itself() -> None:
-    assert set(COMPONENTS.names()) == {"backdoor", "defense", "fal", "fltrust", "ssfl"}
+    assert set(COMPONENTS.names()) == {
+        "backdoor",
+        "defense",
+        "fal",
+        "fltrust",
+        "ssfl",
+        "validation",
+    }
     cfg = compose(["attack=cba", "query=entropy", "defense=dormant_pruning"])
     rounds, summary = promised_keys(cfg)
-    assert {C.BACKDOOR_MA, C.BACKDOOR_ASR, C.BACKDOOR_RA} <= rounds
-    assert {C.AULC, "defense"} <= summary
-    assert promised_keys(compose())[0] == set()
+    assert {C.BACKDOOR_MA, C.BACKDOOR_ASR, C.BACKDOOR_RA, C.VAL_ASR} <= rounds
+    assert {C.AULC, "defense", C.TEST_AT_BEST_VAL} <= summary
+    assert promised_keys(compose())[0] == {C.VAL_LOSS, C.VAL_ACCURACY}
+    assert promised_keys(compose(["dataset.val_fraction=0"]))[0] == set()
     orders = [c.order for c in build_components(cfg)]
     assert orders == sorted(orders)
 

@@ -105,7 +105,8 @@ def test_client_data_indexes_the_shared_arrays() -> None:
     d0 = fed.client_data(0)
     idx = torch.from_numpy(fed.partitions[0])
     assert torch.equal(d0.x, fed.data.train_x[idx]) and torch.equal(d0.y, fed.data.train_y[idx])
-    assert sum(len(p) for p in fed.partitions) == len(fed.data.train_y)
+    held = len(fed.val_indices)  # the server's validation split
+    assert held > 0 and sum(len(p) for p in fed.partitions) + held == len(fed.data.train_y)
     assert build_federation(cfg) is fed  # built once per process
 
 
