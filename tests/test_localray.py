@@ -215,7 +215,9 @@ def test_lean_ray_keeps_the_inline_results_setting(inline_bytes: int | None) -> 
 
         refs = [megabyte.remote() for _ in range(5)]
         assert all(len(a) == 125_000 for a in ray.get(refs))
-        stats = [x for x in memory_summary(stats_only=True).splitlines() if "Plasma memory" in x]
+        gcs = ray._private.worker.global_worker.node.gcs_address  # not "auto": other Rays may run
+        summary = memory_summary(address=gcs, stats_only=True)
+        stats = [x for x in summary.splitlines() if "Plasma memory" in x]
         assert stats and (" 0 objects" in stats[0]) is (inline_bytes is not None), stats
     finally:
         if session_dir:
