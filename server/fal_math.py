@@ -4,16 +4,12 @@ statistics, per-class evaluation, and the check of the ``fal``/``query`` config 
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
-import torch
 from omegaconf import DictConfig
 
 from clients.query import QUERY, build_query
 from fedsim.errors import ConfigError, invalid
-from fedsim.evaluation import evaluate_per_class as _evaluate_per_class
-from fedsim.models import ClassifierModel
 
 RESETS = ("random", "continue")
 
@@ -78,32 +74,6 @@ def class_balance(hist: np.ndarray, tail: np.ndarray) -> dict[str, float]:
         "missing": int((h == 0).sum()),
         "min_max": float(present.min() / present.max()),
     }
-
-
-@torch.no_grad()
-def evaluate_per_class(
-    model: ClassifierModel,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    mean: Any,
-    std: Any,
-    *,
-    device: torch.device,
-    batch_size: int,
-    num_classes: int,
-) -> tuple[float, float, list[float]]:
-    """Mean cross-entropy, accuracy and per-class accuracy (NaN for a class absent from ``y``)
-    of ``model`` on ``(x, y)``: :func:`fedsim.evaluation.evaluate_per_class`."""
-    return _evaluate_per_class(
-        model,
-        x,
-        y,
-        mean=mean,
-        std=std,
-        device=device,
-        batch_size=batch_size,
-        num_classes=num_classes,
-    )
 
 
 def validate_fal(cfg: DictConfig) -> None:

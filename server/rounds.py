@@ -72,6 +72,14 @@ def discover_nodes(grid: Grid, num_clients: int, timeout: float) -> dict[int, in
     return node_of
 
 
+def sampled_view(
+    grid: Grid, node_of: dict[int, int], partitions: list[int]
+) -> tuple[SampledGrid, dict[int, int]]:
+    """The grid as a strategy should see it (only the nodes of ``partitions``), and node id ->
+    partition id."""
+    return SampledGrid(grid, [node_of[p] for p in partitions]), {n: p for p, n in node_of.items()}
+
+
 def train_clients(
     grid: Grid,
     strategy: Strategy,
@@ -90,7 +98,7 @@ def train_clients(
     Every reply is validated before aggregation; errors, timeouts and malformed updates are
     failures. Raises :class:`TooFewReplies` when fewer than ``min_clients`` are usable.
     """
-    view = SampledGrid(grid, [node_of[p] for p in partitions])
+    view, pid_of = sampled_view(grid, node_of, partitions)
     messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(config), view))
     problems: dict[int, str | None] = {}
 
@@ -103,7 +111,6 @@ def train_clients(
         problems[i] = problem
 
     answers = exchange(grid, messages, timeout=timeout, on_reply=check)
-    pid_of = {nid: pid for pid, nid in node_of.items()}
     good: list[Message] = []
     failed: list[dict[str, Any]] = []
     # Sorted by partition id: floating-point sums depend on the order.
@@ -144,10 +151,9 @@ def federated_evaluate(
     timeout: float,
 ) -> dict[str, float]:
     """Clients evaluate the global model on their partitions (weighted means)."""
-    view = SampledGrid(grid, [node_of[p] for p in partitions])
+    view, pid_of = sampled_view(grid, node_of, partitions)
     messages = list(strategy.configure_evaluate(server_round, arrays, ConfigRecord(), view))
     replies = send_and_receive(grid, messages, timeout=timeout)
-    pid_of = {nid: pid for pid, nid in node_of.items()}
     usable = sorted(
         (r for r in replies if not r.has_error()),
         key=lambda r: pid_of.get(r.metadata.src_node_id, -1),
