@@ -33,15 +33,18 @@ def _metrics(tmp: Path, engine: str, overrides: list[str]) -> list[dict]:
             "checkpoint_every=0",
             "federated_eval_every=2",
         ],
-        [  # weak labels with a learner whose per-sample state must survive rounds (PRODEN)
-            "rounds=3",
-            "num_clients=6",
-            "clients_per_round=4",
-            "weak_labels=partial",
-            "weak_labels.q=0.3",
-            "local=proden",
-            "checkpoint_every=0",
-        ],
+        pytest.param(  # weak labels, a learner whose per-sample state must survive rounds
+            [
+                "rounds=3",
+                "num_clients=6",
+                "clients_per_round=4",
+                "weak_labels=partial",
+                "weak_labels.q=0.3",
+                "local=proden",
+                "checkpoint_every=0",
+            ],
+            marks=pytest.mark.slow,
+        ),
     ],
     ids=["fedavgm", "partial-labels-proden"],
 )
