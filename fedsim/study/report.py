@@ -137,6 +137,7 @@ def write_report(
             + "\n".join(
                 f"- {c['selection']}: `{c['chosen']}` ({c['metric']} = {c['value']:.4f})"
                 + "".join(f", {a}={c[a]}" for a in spec.axes if a in c)
+                + (f" (provisional: {c['not_yet_run']} not run yet)" if c["not_yet_run"] else "")
                 for c in choices
             )
         )
@@ -145,6 +146,8 @@ def write_report(
         name = f"{spec.name}_{p.metric.replace(' ', '')}_{i}.png"
         if plot(spec, p, round_rows, order, where / name):
             parts.append(f"![{p.title or p.metric}]({name})")
+    import fedsim.study.extras  # noqa: F401  (registers the core's report sections)
+
     for name in spec.reports:
         parts.append(STUDY_REPORTS.get(name)(spec, runs, rows, round_rows, where))
     text = "\n\n".join(x for x in parts if x) + "\n"

@@ -114,6 +114,7 @@ def apply_selections(spec: StudySpec, rows: list[Row]) -> tuple[list[Row], list[
             choice = _choose(sel, members)
             if choice is None:
                 continue
+            missing = [a for a in sel.among if not any(r[sel.axis] == a for r in members)]
             choices.append(
                 {
                     **dict(zip(others, group, strict=True)),
@@ -121,6 +122,7 @@ def apply_selections(spec: StudySpec, rows: list[Row]) -> tuple[list[Row], list[
                     "chosen": choice[0],
                     "metric": sel.metric,
                     "value": choice[1],
+                    "not_yet_run": " ".join(missing),
                 }
             )
             for r in members:
