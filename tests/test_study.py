@@ -255,3 +255,23 @@ def test_every_study_plans_every_run(name: str, tmp_path: Path) -> None:
     runs = plan(load_study(name, [f"output={tmp_path}"]), root=tmp_path)
     assert len(runs) == len(load_study(name).cells) * len(load_study(name).seeds)
     assert len({r.key for r in runs}) == len(runs)  # no two cells are the same run
+
+
+def test_label_quality_section_averages_clients_and_runs(tmp_path: Path) -> None:
+    from fedsim.study.extras import label_quality
+    from fedsim.study.runner import PlannedRun
+
+    spec = parse_study(TINY)
+    header = "client,group,weak_labels,kind,local,n,labeled,noise_rate,mean_candidates,coverage\n"
+    runs = []
+    for i, rate in enumerate((0.2, 0.4)):  # two runs of the same cell
+        d = tmp_path / str(i)
+        d.mkdir()
+        (d / C.LABEL_QUALITY_CSV).write_text(
+            header + f"0,-1,noisy,noisy,gce,10,10,{rate},1,{1 - rate}\n"
+            f"1,-1,noisy,noisy,gce,30,15,{rate + 0.1},1,{0.9 - rate}\n"
+        )
+        runs.append(PlannedRun(spec.cells[0], i, None, str(i), d))  # type: ignore[arg-type]
+    text = label_quality(spec, runs, [], [], tmp_path)
+    # noise: run means 0.25 and 0.45 -> 0.35; coverage 0.75 and 0.55 -> 0.65; labeled 25/40
+    assert "| fedavg | 0.350 | 1.000 | 0.650 | 0.625 |" in text
