@@ -214,6 +214,7 @@ def test_posthoc_rows_take_the_defended_numbers() -> None:
         ({"baseline": {"method": "fedsgd"}}, "invalid baseline.method='fedsgd'"),
         ({"tables": [{"metric": "x", "rows": "setting"}]}, "invalid tables\\[0\\].rows"),
         ({"axes": {"method": {"a": "strategy=fedavg"}}}, "a list of override strings"),
+        ({"posthoc": {"flain": {"name": "flain"}}}, "one trained label when posthoc"),
     ],
 )
 def test_bad_study_declarations_get_one_line(change: dict, message: str) -> None:

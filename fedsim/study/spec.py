@@ -314,6 +314,14 @@ def parse_study(node: Mapping[str, Any], *, default_name: str = "study") -> Stud
             raise invalid(f"baseline.{axis}", label, ", ".join(sorted(labels)) or "an axis label")
     if posthoc and "method" not in axes:
         raise ConfigError("a study with posthoc variants needs a 'method' axis")
+    trained = sorted({c.label("method") for c in cells}) if posthoc else []
+    if len(trained) > 1:  # a post-hoc row is named by its variant alone
+        raise invalid(
+            "method",
+            trained,
+            "one trained label when posthoc variants are declared (each variant is applied to "
+            "that method's models; put other trained methods in another study)",
+        )
     return StudySpec(
         name=str(node.get("name") or default_name),
         description=str(node.get("description") or ""),
