@@ -61,3 +61,13 @@ def test_best_on_validation_takes_the_earliest_best_round_and_its_test_accuracy(
     assert out[C.BEST_VAL_ROUND] == 2 and out[C.TEST_AT_BEST_VAL] == 0.60
     assert out["final_val_accuracy"] == 0.6 and out["final_val_loss"] == 1.5
     assert best_on_validation([{C.ROUND: 1}]) == {}
+
+
+def test_in_a_staged_run_only_the_last_stage_counts() -> None:
+    rounds = [
+        {C.ROUND: 1, "stage": 0, C.VAL_ACCURACY: 0.9, C.EVAL_ACCURACY: 0.9},
+        {C.ROUND: 1, "stage": 1, C.VAL_ACCURACY: 0.5, C.EVAL_ACCURACY: 0.4},
+        {C.ROUND: 2, "stage": 1, C.VAL_ACCURACY: 0.6, C.EVAL_ACCURACY: 0.55},
+    ]
+    out = best_on_validation(rounds)
+    assert out[C.BEST_VAL_ROUND] == 2 and out[C.TEST_AT_BEST_VAL] == 0.55

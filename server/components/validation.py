@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 def best_on_validation(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The summary entries of the evaluated round with the highest validation accuracy (the
     earliest among ties): its round, its validation accuracy and its test accuracy; and the last
-    evaluated round's validation numbers (``final_val_*``)."""
+    evaluated round's validation numbers (``final_val_*``). In a staged run (FAL) only the last
+    stage's rounds count: earlier stages had fewer labels."""
     evals = [r for r in rounds if r.get(C.VAL_ACCURACY) is not None]
     if not evals:
         return {}
+    if evals[-1].get("stage") is not None:  # FAL: the last stage's rounds (its label budget)
+        evals = [r for r in evals if r.get("stage") == evals[-1]["stage"]]
     best = max(evals, key=lambda r: (float(r[C.VAL_ACCURACY]), -int(r[C.ROUND])))
     last = evals[-1]
     return {
