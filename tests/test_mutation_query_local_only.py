@@ -58,6 +58,7 @@ def _setup(monkeypatch: pytest.MonkeyPatch, correct_per_epoch: list[int], n: int
     calls: list[dict] = []
 
     def fake_infer(model, x, mean, std, *, device, batch_size):
+        assert isinstance(model, _Tiny) and device == CPU
         calls.append({"n": int(x.shape[0]), "mean": mean, "std": std, "bs": batch_size})
         right = correct_per_epoch[len(calls) - 1]
         pred = np.array([1] * right + [0] * (n - right))  # y is all ones
@@ -137,6 +138,20 @@ def test_default_schedule_and_epoch_cap(monkeypatch: pytest.MonkeyPatch) -> None
     lrs = _Rec.made[0].lrs
     assert lrs == pytest.approx([0.01] * 37 + [0.001] * 13)
     assert calls[0]["bs"] == 512
+
+
+def test_default_batch_size_and_two_single_sample_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y, _ = _setup(monkeypatch, [66], n=66)
+    # 66 samples, default batch 64: batches of 64 and 2, two steps (65 would leave a skipped 1)
+    assert (
+        train_local_only(_Tiny(), x, y, [0.0], [1.0], device=CPU, generator=torch.Generator()) == 1
+    )
+    assert len(_Rec.made[0].lrs) == 2
+    x, y, _ = _setup(monkeypatch, [2], n=2)
+    # 2 samples in batches of 1: both are single-sample batches of a pool >= 2, both skipped
+    kw = {"device": CPU, "generator": torch.Generator(), "batch_size": 1}
+    assert train_local_only(_Tiny(), x, y, [0.0], [1.0], **kw) == 1
+    assert _Rec.made[0].lrs == []
 
 
 def test_bad_milestone_unit_and_histogram() -> None:
