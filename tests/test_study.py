@@ -276,3 +276,31 @@ def test_label_quality_section_averages_clients_and_runs(tmp_path: Path) -> None
     text = label_quality(spec, runs, [], [], tmp_path)
     # noise: run means 0.25 and 0.45 -> 0.35; coverage 0.75 and 0.55 -> 0.65; labeled 25/40
     assert "| fedavg | 0.350 | 1.000 | 0.650 | 0.625 |" in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["study", "nope"], "unknown study 'nope'"),
+        (["study", "tiny", "--bogus"], "unknown option '--bogus' of fedsim study"),
+        (["study", "tiny", "seeds=[-1]"], "invalid seeds=[-1]"),
+        (["study"], "fedsim study needs a study name"),
+    ],
+)
+def test_the_study_command_refuses_bad_input_in_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fedsim.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_dry_run_counts_made_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedsim.cli import main
+
+    assert main(["study", "tiny", f"output={tmp_path}", "seeds=[0]"]) is not None
+    capsys.readouterr()
+    assert main(["study", "tiny", f"output={tmp_path}", "--dry-run"]) == 0
+    assert "study tiny: 4 runs, 2 made, 2 to make" in capsys.readouterr().out
