@@ -150,6 +150,10 @@ class Learner:
     #: whether it keeps per-client state across rounds in ``on_train_end`` (the client's
     #: ``Context.state``); a checkpoint does not hold it, so a resumed run restarts it
     keeps_client_state: ClassVar[bool] = False
+    #: whether ``engine.vectorize`` may train a group of its clients in one batched pass
+    #: (:mod:`clients.learners.vectorized`): the class itself must declare it (a subclass that
+    #: does not falls back to the per-client loop) and implement :meth:`sample_losses`
+    vectorizable: ClassVar[bool] = False
     epochs: Annotated[int, spec(low=1, doc="local epochs per round")] = 1
     batch_size: Annotated[int, spec(low=1, doc="mini-batch size")] = 32
     optimizer: Annotated[str, spec(choices=OPTIMIZERS, doc="created anew every round")] = "sgd"
@@ -177,6 +181,21 @@ class Learner:
         """
         logits = model(x)
         return F.cross_entropy(logits, y), logits
+
+    def sample_losses(
+        self, logits: torch.Tensor, y: torch.Tensor, knob: torch.Tensor
+    ) -> torch.Tensor:
+        """Batched pass (``vectorizable``): the per-sample losses whose mean is :meth:`loss`.
+
+        A pure function of its arguments (it runs under ``torch.func.vmap``); ``knob`` is the
+        client's :meth:`loss_knob` for the current epoch.
+        """
+        return F.cross_entropy(logits, y, reduction="none")
+
+    def loss_knob(self, state: dict[str, Any], epoch: int) -> float:
+        """Batched pass: the one per-client, per-epoch number :meth:`sample_losses` reads, from
+        the client's persisted ``state`` and the ``epoch`` of this call (default 0)."""
+        return 0.0
 
     def on_train_start(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         """Called before the loop; ``state`` persists across rounds for this client."""

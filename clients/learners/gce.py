@@ -10,7 +10,7 @@ from torch import nn
 
 from clients.learners.base import LOCAL, ClientData, Learner
 from clients.learners.common import EPOCHS_KEY
-from clients.learners.losses import gce_loss
+from clients.learners.losses import gce_loss, gce_sample_losses
 
 
 @LOCAL.register("gce")
@@ -30,6 +30,7 @@ class GCE(Learner):
     """
 
     keeps_client_state: ClassVar[bool] = True
+    vectorizable: ClassVar[bool] = True
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
 
@@ -53,3 +54,16 @@ class GCE(Learner):
 
     def on_train_end(self, model: nn.Module, data: ClientData, state: dict[str, Any]) -> None:
         state[EPOCHS_KEY] = self._epoch0 + self.epochs
+
+    def loss_knob(self, state: dict[str, Any], epoch: int) -> float:
+        """The truncation threshold of this epoch (0: off, as every ``p_y >= 1e-12 > 0``)."""
+        on = (
+            self.truncate_below is not None
+            and int(state.get(EPOCHS_KEY, 0)) + epoch >= self.truncate_start
+        )
+        return float(self.truncate_below) if on and self.truncate_below is not None else 0.0
+
+    def sample_losses(
+        self, logits: torch.Tensor, y: torch.Tensor, knob: torch.Tensor
+    ) -> torch.Tensor:
+        return gce_sample_losses(logits, y, self.q, knob)

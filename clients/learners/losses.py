@@ -44,6 +44,30 @@ def sce_loss(
     return alpha * ce + beta * rce
 
 
+def gce_sample_losses(
+    logits: torch.Tensor, y: torch.Tensor, q: float, truncate_below: torch.Tensor | float
+) -> torch.Tensor:
+    """Per-sample :func:`gce_loss` (its mean is ``gce_loss``), with the truncation threshold as
+    a number or a 0-dim tensor (0: no truncation, as ``p_y`` is clamped to at least 1e-12)."""
+    p_y = F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-12)
+    loss = (1.0 - p_y.pow(q)) / q
+    return loss * (p_y.detach() >= truncate_below).to(loss.dtype)
+
+
+def sce_sample_losses(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    alpha: float = 0.1,
+    beta: float = 1.0,
+    log_zero: float = -4.0,
+) -> torch.Tensor:
+    """Per-sample :func:`sce_loss` (its mean is ``sce_loss``)."""
+    ce = F.cross_entropy(logits, y, reduction="none")
+    p = F.softmax(logits, dim=1).clamp(1e-7, 1.0)
+    log_q = torch.full_like(p, log_zero).scatter(1, y.view(-1, 1), 0.0)
+    return alpha * ce + beta * -(p * log_q).sum(1)
+
+
 def calibrated_softmax(logits: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
     """DPC's calibrated softmax ``(e^o_c + g) / sum_j (e^o_j + g)``, ``g = 10 / C`` by default."""
     c = logits.shape[1]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from clients.learners.base import LOCAL, Learner
-from clients.learners.losses import sce_loss
+from clients.learners.losses import sce_loss, sce_sample_losses
 
 
 @LOCAL.register("sce")
@@ -21,6 +21,7 @@ class SCE(Learner):
     """
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
+    vectorizable: ClassVar[bool] = True
 
     alpha: float = 0.1
     beta: float = 1.0
@@ -31,3 +32,8 @@ class SCE(Learner):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = model(x)
         return sce_loss(logits, y, self.alpha, self.beta, self.log_zero), logits
+
+    def sample_losses(
+        self, logits: torch.Tensor, y: torch.Tensor, knob: torch.Tensor
+    ) -> torch.Tensor:
+        return sce_sample_losses(logits, y, self.alpha, self.beta, self.log_zero)

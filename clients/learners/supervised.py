@@ -16,3 +16,4 @@ class Supervised(Learner):
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy", "semi"})
     #: it ignores unlabeled samples, so a client without labels has nothing to train on
     labeled_only: ClassVar[bool] = True
+    vectorizable: ClassVar[bool] = True
