@@ -57,6 +57,9 @@ def test_pseudo_labels_tiny_temperature_stays_finite() -> None:
     unl = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.1]])  # best: 0, 1, 1 (cos -0.995 vs 0.0995)
     got = prototype_pseudo_labels(unl, labeled, np.array([0, 1]), 2, tau=1e-3)
     assert got.tolist() == [0, 1, 1]
+    # tau = 1e-17: sim / tau is still ordered (multiplying by tau would round every exp to 1)
+    got = prototype_pseudo_labels(unl, labeled, np.array([0, 1]), 2, tau=1e-17)
+    assert got.tolist() == [0, 1, 1]
 
 
 def test_pseudo_labels_zero_vectors_and_unmasked_absent_class() -> None:
@@ -237,13 +240,17 @@ def test_fairfal_select_uncertainty_model_and_diagnostics() -> None:
 def test_fairfal_select_passes_its_thresholds() -> None:
     glob, loc = _select_case()
     lab = [True, True, False, False, False]
-    # t = 0: s = 1 - (d + rbar) + d rbar = 1 - 0.3 + 0.02 = 0.72; s_threshold 0.8 -> local
-    # uncertainty; rbar_threshold 0.1 -> rbar 0.2 is not below: local gradient
-    q = FairFALQuery(t=0.0, s_threshold=0.8, rbar_threshold=0.1, oversample=1.0)
+    # t = 0: s = 1 - (d + rbar) + d rbar = 1 - 0.3 + 0.02 = 0.72; s_threshold 0.7 -> global
+    # uncertainty (the default 0.75 would not); rbar_threshold 0.1 -> rbar 0.2 is not below
+    q = FairFALQuery(t=0.0, s_threshold=0.7, rbar_threshold=0.1, oversample=1.0)
+    inp = _inputs(glob, loc, lab, [0, 1, -1, -1, -1], 2, 2, rbar=0.2, divergence=0.1)
+    assert q.select(inp).tolist() == [2, 4]
+    assert inp.diagnostics["s"] == pytest.approx(0.72)
+    assert inp.diagnostics["use_global_uncertainty"] == 1
+    assert inp.diagnostics["use_global_gradient"] == 0
+    q = FairFALQuery(t=0.0, s_threshold=0.8, oversample=1.0)  # 0.72 <= 0.8: local uncertainty
     inp = _inputs(glob, loc, lab, [0, 1, -1, -1, -1], 2, 2, rbar=0.2, divergence=0.1)
     assert q.select(inp).tolist() == [3, 4]
-    assert inp.diagnostics["s"] == pytest.approx(0.72)
-    assert inp.diagnostics["use_global_gradient"] == 0
     with pytest.raises(AssertionError):
         FairFALQuery().select(_inputs(glob, loc, lab, [0, 1, -1, -1, -1], 2, 2, divergence=0.1))
 
