@@ -21,9 +21,10 @@ from omegaconf import DictConfig, OmegaConf
 from clients import fal
 from clients.attacks.client import attack_step
 from clients.faults import InjectedFault, corrupt, fault_for
-from clients.learners import ClientData, Learner, build_learner
+from clients.learners import ClientData, Learner, TrainResult, build_learner
 from clients.learners.base import check_label_kind
-from fedsim.config import from_run_config, resolve_device
+from clients.learners.vectorized import unsupported_model
+from fedsim.config import from_run_config, resolve_device, vectorize_mode
 from fedsim.constants import (
     ARRAYS_KEY,
     CONFIG_KEY,
@@ -73,6 +74,8 @@ class ClientRuntime:
     targets: dict[str, torch.Tensor] | None = None
     staged: dict[str, torch.Tensor] | None = None  # last_arrays on the model's GPU
     faults: dict[str, Any] | None = None  # cfg.faults as plain lists (DictConfig reads cost)
+    vectorize: str = "off"  # engine.vectorize (auto | on | off), see train_many
+    model_refusal: str | None = None  # why the model cannot train in a batched pass (None: it can)
 
     def data(self, pid: int) -> ClientData:
         """Client ``pid``'s data (indexed out of the shared arrays once)."""
@@ -162,7 +165,9 @@ def client_runtime(context: Context) -> ClientRuntime:
             learner_name=name,
             learner=build_learner(name, {k: v for k, v in cfg.local.items() if k != "name"}),
             faults=_plain(cfg.get("faults")),
+            vectorize=vectorize_mode(OmegaConf.select(cfg, "engine.vectorize")),
         )
+        rt.model_refusal = unsupported_model(rt.model)
         _RUNTIMES.clear()
         _RUNTIMES[key] = rt
     if torch.get_num_threads() != rt.threads:
@@ -228,9 +233,26 @@ def fal_query(msg: Message, context: Context) -> Message:
     return fal.handle(msg, context, rt, partition_id(context, rt))
 
 
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    """Train the received model on this client's partition with the configured learner."""
+@dataclass
+class TrainJob:
+    """One train message, prepared as :func:`train` prepares it (shared with :func:`train_many`)."""
+
+    msg: Message
+    context: Context
+    rt: ClientRuntime
+    pid: int
+    config: Any
+    fault: str | None
+    data: ClientData
+    attack: Any
+    learner: Learner
+    seed: int
+    state: dict[str, Any]
+    proximal_mu: float
+
+
+def prepare_train(msg: Message, context: Context) -> TrainJob:
+    """Everything :func:`train` does before local training (an injected ``raise`` fault raises)."""
     rt = client_runtime(context)
     pid = partition_id(context, rt)
     config = msg.content.config_records[CONFIG_KEY]
@@ -244,36 +266,38 @@ def train(msg: Message, context: Context) -> Message:
         data = attack.poison(data)
     learner_name, learner = rt.learner_for(pid)
     check_label_kind(learner_name, type(learner), data.label_kind)
-    model = rt.load(msg.content.array_records[ARRAYS_KEY])
-    seed = client_seed(rt.seed, server_round, pid)
-    # Seed the global CPU generator (dropout, augmentation) without torch.manual_seed, which with
-    # a CUDA build also queues a lazy CUDA seed call costing about 1 ms per client.
-    torch.random.default_generator.manual_seed(seed)
-    if rt.device.type == "cuda":
-        torch.cuda.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    state = _load_state(context)
     if FAL_LR_SCALE in config:  # FAL's per-stage lr decay
         learner = copy.copy(learner)
         learner.lr = learner.lr * float(config[FAL_LR_SCALE])  # type: ignore[arg-type]
-    result = learner.train(
-        model,
-        data,
-        device=rt.device,
-        generator=generator,
+    return TrainJob(
+        msg=msg,
+        context=context,
+        rt=rt,
+        pid=pid,
+        config=config,
+        fault=fault,
+        data=data,
+        attack=attack,
+        learner=learner,
+        seed=client_seed(rt.seed, server_round, pid),
+        state=_load_state(context),
         proximal_mu=float(config.get(PROXIMAL_MU_KEY, 0.0)),  # type: ignore[arg-type]
-        state=state,
     )
-    _save_state(context, state)
-    if attack is not None and rt.last_arrays is not None:
-        attack.after_train(model, rt.last_arrays[1])
-    fal.after_train(context, config, model)
+
+
+def finish_train(job: TrainJob, model: ClassifierModel, result: TrainResult) -> Message:
+    """Everything :func:`train` does after local training, on ``model`` as trained."""
+    rt = job.rt
+    _save_state(job.context, job.state)
+    if job.attack is not None and rt.last_arrays is not None:
+        job.attack.after_train(model, rt.last_arrays[1])
+    fal.after_train(job.context, job.config, model)
     metrics = {NUM_EXAMPLES_KEY: result.num_examples, **result.metrics}
     arrays = array_record(model.state_dict())
-    if fault in ("nan", "bad_shape"):
-        bad = corrupt({k: v.numpy() for k, v in arrays.items()}, fault)
+    if job.fault in ("nan", "bad_shape"):
+        bad = corrupt({k: v.numpy() for k, v in arrays.items()}, job.fault)
         arrays = ArrayRecord({k: Array(v) for k, v in bad.items()})
-    elif fault == "slow":
+    elif job.fault == "slow":
         time.sleep(float(rt.cfg.faults.get("slow_seconds", 30.0)))
     content = RecordDict(
         {
@@ -281,7 +305,30 @@ def train(msg: Message, context: Context) -> Message:
             METRICS_KEY: MetricRecord(metrics),  # type: ignore[arg-type]
         }
     )
-    return Message(content, reply_to=msg)
+    return Message(content, reply_to=job.msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the received model on this client's partition with the configured learner."""
+    job = prepare_train(msg, context)
+    rt = job.rt
+    model = rt.load(msg.content.array_records[ARRAYS_KEY])
+    # Seed the global CPU generator (dropout, augmentation) without torch.manual_seed, which with
+    # a CUDA build also queues a lazy CUDA seed call costing about 1 ms per client.
+    torch.random.default_generator.manual_seed(job.seed)
+    if rt.device.type == "cuda":
+        torch.cuda.manual_seed(job.seed)
+    generator = torch.Generator().manual_seed(job.seed)
+    result = job.learner.train(
+        model,
+        job.data,
+        device=rt.device,
+        generator=generator,
+        proximal_mu=job.proximal_mu,
+        state=job.state,
+    )
+    return finish_train(job, model, result)
 
 
 @app.evaluate()

@@ -11,6 +11,8 @@ from clients import attacks as _attacks  # noqa: F401  (registers the attacks)
 from clients import learners as _learners  # noqa: F401  (registers the learners)
 from clients import query as _query  # noqa: F401  (registers the query strategies)
 from clients.learners.base import check_local_config
-from fedsim.registries import config_check
+from clients.learners.vectorized import check_vectorize_data
+from fedsim.registries import config_check, data_check
 
 config_check("local")(check_local_config)
+data_check("vectorize")(check_vectorize_data)

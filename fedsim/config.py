@@ -206,6 +206,28 @@ def config_summary(cfg: DictConfig) -> str:
     )
 
 
+#: The values of ``engine.vectorize`` (``clients/learners/vectorized.py``).
+VECTORIZE_MODES = ("auto", "on", "off")
+
+
+def vectorize_mode(value: Any) -> str:
+    """``engine.vectorize`` as one of :data:`VECTORIZE_MODES` (absent: ``off``).
+
+    YAML 1.1 reads a bare ``on``/``off`` as true/false: those mean ``on``/``off``. Anything else
+    is refused with one line naming the allowed values.
+
+    >>> vectorize_mode(True), vectorize_mode("Auto"), vectorize_mode(None)
+    ('on', 'auto', 'off')
+    """
+    if value is None or value is False:
+        return "off"
+    if value is True:
+        return "on"
+    if isinstance(value, str) and value.lower() in VECTORIZE_MODES:
+        return value.lower()
+    raise invalid("engine.vectorize", value, " | ".join(VECTORIZE_MODES))
+
+
 def validate_engine(cfg: DictConfig) -> None:
     """Check the ``engine`` group (what starting the engine reads); imports no torch.
 
@@ -229,6 +251,7 @@ def validate_engine(cfg: DictConfig) -> None:
         _int_at_least(cfg, "engine.chunks_per_actor", 1)
     if OmegaConf.select(cfg, "engine.inline_bytes") is not None:
         _int_at_least(cfg, "engine.inline_bytes", 0)
+    vectorize_mode(OmegaConf.select(cfg, "engine.vectorize"))
     for key in ("engine.lean_ray", "engine.lean_agents"):
         flag = OmegaConf.select(cfg, key)
         if flag is not None and not isinstance(flag, bool):

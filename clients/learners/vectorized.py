@@ -28,31 +28,12 @@ import torch
 from torch import nn
 
 from clients.learners.base import ClientData, Learner, TrainResult
+from fedsim.config import VECTORIZE_MODES, vectorize_mode
 from fedsim.data import to_float
-from fedsim.errors import invalid
 
 log = logging.getLogger("fedsim")
 
-#: The values of ``engine.vectorize``.
-VECTORIZE_MODES = ("auto", "on", "off")
-
-
-def vectorize_mode(value: Any) -> str:
-    """``engine.vectorize`` as one of :data:`VECTORIZE_MODES`.
-
-    YAML 1.1 reads a bare ``on``/``off`` as true/false: those mean ``on``/``off``. Anything else
-    is refused with one line naming the allowed values.
-
-    >>> vectorize_mode(True), vectorize_mode("Auto"), vectorize_mode(None)
-    ('on', 'auto', 'off')
-    """
-    if value is None or value is False:
-        return "off"
-    if value is True:
-        return "on"
-    if isinstance(value, str) and value.lower() in VECTORIZE_MODES:
-        return value.lower()
-    raise invalid("engine.vectorize", value, " | ".join(VECTORIZE_MODES))
+__all__ = ["VECTORIZE_MODES", "train_group", "unsupported_model", "vectorize_mode", "wanted"]
 
 
 def supports(learner: Learner | type[Learner]) -> bool:
@@ -253,7 +234,7 @@ def train_group(
     pools = [learner.train_indices(d) for d in datas]
     live = [i for i, pool in enumerate(pools) if pool.numel() > 0]
     results = [TrainResult(0, {}) for _ in datas]
-    trained = [dict(base) for _ in datas]
+    trained = [{k: v.clone() for k, v in base.items()} for _ in datas]
     if not live:
         return results, trained
     steps = [
@@ -362,3 +343,27 @@ def train_group(
         )
         trained[i] = {n: params[n][j] for n in names}
     return results, trained
+
+
+def check_vectorize_data(cfg: Any, data: Any) -> None:
+    """``engine.vectorize=on`` with ``engine=fast`` and a model this mode cannot train (see
+    :func:`unsupported_model`): one line. (``auto`` falls back to the per-client loop.)"""
+    from omegaconf import OmegaConf
+
+    from fedsim.errors import ConfigError
+    from fedsim.models import build_model
+
+    if OmegaConf.select(cfg, "engine.name") != "fast":
+        return
+    if vectorize_mode(OmegaConf.select(cfg, "engine.vectorize")) != "on":
+        return
+    model = build_model(
+        str(cfg.model.name),
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        params=dict(cfg.model.get("params") or {}),
+    )
+    why = unsupported_model(model)
+    if why is not None:
+        raise ConfigError(f"{why}; set engine.vectorize=auto or off")

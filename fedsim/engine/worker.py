@@ -49,6 +49,11 @@ def from_wire(message: Message) -> None:
                 arr.__dict__["data"] = arr.data.tobytes()
 
 
+#: The ClientApp side of ``engine.vectorize`` (:func:`clients.batched.train_many`): the train
+#: messages of one call that can share a batched pass, trained together.
+CLIENT_TRAIN_MANY = "clients.batched:train_many"
+
+
 def _error_reply(message: Message, code: int, ex: BaseException) -> Message:
     from flwr.app import Error, Message
 
@@ -88,6 +93,7 @@ class ClientWorker:
         from fedsim.plugins import CLIENT_APP, load_object
 
         self._app = load_object(CLIENT_APP)
+        self._train_many = load_object(CLIENT_TRAIN_MANY)
         self._ready = True
 
     def ping(self) -> bool:
@@ -131,17 +137,24 @@ class ClientWorker:
         return True
 
     def run_batch(self, batch: list[tuple[Message, Context]]) -> list[tuple[Message, Context]]:
-        """Handle each message with the ClientApp; an exception becomes an error reply.
+        """Handle each message with the ClientApp; an exception becomes an error reply. With
+        ``engine.vectorize``, the train messages that can share a batched pass train together
+        first (:func:`clients.batched.train_many`).
 
         The replies come back in wire form (:func:`to_wire`): apply :func:`from_wire` to each
         before use, as :class:`~fedsim.engine.grid.FastGrid` does."""
         from flwr.common.constant import ErrorCode
 
         self._setup()
+        try:  # engine.vectorize: the messages that can share a batched pass (None: the others)
+            grouped = self._train_many(batch)
+        except Exception:
+            traceback.print_exc()
+            grouped = [None] * len(batch)
         out: list[tuple[Message, Context]] = []
-        for message, context in batch:
+        for (message, context), pre in zip(batch, grouped, strict=True):
             try:
-                reply = self._app(message=message, context=context)
+                reply = pre if pre is not None else self._app(message=message, context=context)
             except Exception as ex:  # reported as Flower does: an error reply, the run goes on
                 traceback.print_exc()
                 reply = _error_reply(message, ErrorCode.CLIENT_APP_RAISED_EXCEPTION, ex)
