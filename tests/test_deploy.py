@@ -121,6 +121,8 @@ class Federation:
                 str(self.certs / "ca.crt"),
                 "--enable-supernode-auth",
                 "--disable-runtime-dependency-installation",
+                "--database",  # registrations and runs persist, as the README's deployment does
+                str(self.tmp / "superlink.db"),
                 "--fleet-api-address",
                 f"127.0.0.1:{self.fleet}",
                 "--host",
