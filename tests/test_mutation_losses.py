@@ -17,9 +17,13 @@ from clients.learners.losses import (
     corrected_probs,
     dpc_edl_loss,
     flexmatch_thresholds,
+    forget_rate,
+    gce_loss,
     minmax,
     negative_learning_loss,
+    pseudo_label_loss,
     sce_loss,
+    small_loss_indices,
     weighted_ce,
 )
 
@@ -65,8 +69,9 @@ def test_dpc_edl_loss_closed_form_on_two_rows() -> None:
 
 def test_dpc_edl_logits_are_clamped_both_ways() -> None:
     y = T([0, 1])
-    a = dpc_edl_loss(T([[10.5, -10.5], [-12.0, 11.0]]), y)
-    b = dpc_edl_loss(T([[10.0, -10.0], [-10.0, 10.0]]), y)
+    # a tiny gamma, so that e^-10.5 vs e^-10 shows
+    a = dpc_edl_loss(T([[10.5, -10.5], [-12.0, 11.0]]), y, gamma=1e-6)
+    b = dpc_edl_loss(T([[10.0, -10.0], [-10.0, 10.0]]), y, gamma=1e-6)
     assert float(a) == pytest.approx(float(b), abs=1e-6)
 
 
@@ -81,7 +86,7 @@ def test_corrected_probs_past_both_clamps() -> None:
     # row 0: y = 0, u_0 = 1, v = 0.5: (4/3, 1/12, 1/12) -> clamp (1, 1/12, 1/12) -> / (7/6)
     # row 1: y = 1, v = 1 on classes 0, 2: (-2/3, 1/3, -2/3) -> clamp (1e-7, 1/3, 1e-7)
     u = T([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-    v = T([[0.0, 0.5, 0.5], [1.0, 0.0, 1.0]])
+    v = T([[0.5, 0.5, 0.5], [1.0, 0.0, 1.0]])  # v at the label is not used
     p = corrected_probs(torch.zeros(2, 3), T([0, 1]), u, v)
     r1 = torch.tensor([1e-7, 1 / 3, 1e-7])
     want = torch.stack([T([6 / 7, 1 / 14, 1 / 14]), r1 / r1.sum()])
@@ -111,3 +116,36 @@ def test_flexmatch_default_tau_and_zero_denominator() -> None:
     assert torch.allclose(t, T([0.95, 0.95 / 3]))
     assert torch.equal(flexmatch_thresholds(T([-1, -1]), 2, warmup=False), torch.zeros(2))
     assert torch.equal(flexmatch_thresholds(torch.zeros(0, dtype=torch.int64), 3), torch.zeros(3))
+
+
+def test_gce_default_q_and_inclusive_truncation() -> None:
+    # p_y = 1/2: (1 - 0.5^0.7) / 0.7; truncate_below = 1/2 keeps it (>=)
+    want = (1 - 0.5**0.7) / 0.7
+    assert float(gce_loss(torch.zeros(1, 2), T([0]))) == pytest.approx(want, abs=1e-6)
+    kept = gce_loss(torch.zeros(1, 2), T([0]), truncate_below=0.5)
+    assert float(kept) == pytest.approx(want, abs=1e-6)
+
+
+def test_forget_rate_schedule_edges() -> None:
+    assert forget_rate(3, 0.5) == pytest.approx(0.5 * 3 / 9)  # default T_k = 10
+    assert forget_rate(0, 0.5, t_k=1, c=2.0) == pytest.approx(0.25)  # T_k <= 1: tau^c at once
+    assert forget_rate(0, 0.5, t_k=2) == 0.0
+    assert forget_rate(9, 0.5, t_k=2, c=2.0) == pytest.approx(0.25)
+
+
+def test_small_loss_keeps_at_least_one() -> None:
+    assert small_loss_indices(T([3.0, 1.0, 2.0]), 0.9).tolist() == [1]  # round(0.3) = 0 -> 1
+
+
+def test_pseudo_label_loss_per_sample_mask() -> None:
+    # pseudo-labels 0, 0 (the first of a tie) with confidences 0.75, 0.5; per-class thresholds (0.7, 0.1): the class-0
+    # threshold applies to both -> mask (1, 0); loss = mean(CE_0 * 1, CE_1 * 0) = ln 2 / 2
+    strong = T([[0.0, 0.0], [math.log(3.0), 0.0]])
+    weak = T([[0.75, 0.25], [0.5, 0.5]])
+    loss, mask = pseudo_label_loss(strong, weak, T([0.7, 0.1]))
+    assert mask.dtype == strong.dtype and mask.tolist() == [1.0, 0.0]
+    assert float(loss) == pytest.approx(LN2 / 2, abs=1e-6)
+    # a plain number, reached with equality (>=)
+    loss, mask = pseudo_label_loss(strong, weak, 0.5)
+    assert mask.tolist() == [1.0, 1.0]
+    assert float(loss) == pytest.approx((LN2 - math.log(0.75)) / 2, abs=1e-6)
