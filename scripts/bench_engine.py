@@ -24,6 +24,18 @@ Columns:
   after that run (their mean: this machine's speed drifts from minute to minute); the compute
   bound row shows the mean of all its measurements in a repetition.
 
+``--vectorize off on`` runs ``engine=fast`` once per ``engine.vectorize`` value (a row each,
+``fast[vec=on]``); the workload ``flain`` is FLAIN's reference round (``experiment=flain_mnist``:
+25 of 50 clients, 2 epochs of Adam, batch 256, CNN 32/64/128 on MNIST; needs ``--data-root``).
+Two more columns:
+- ``GPU GiB``: peak GPU memory in use (``nvidia-smi``, sampled with the PSS; ``-`` on the CPU);
+- ``x FLOP bound``: s/round divided by the FLOP bound, the time the round's training FLOPs take at
+  the device's measured dense float32 rate: FLOPs per sample of one forward and backward pass
+  (``torch.utils.flop_counter.FlopCounterMode`` on the workload's model: convolutions and matrix
+  products), times the samples each client trains on per round, times the clients, divided by the
+  rate of a float32 matrix product (2048 x 2048 on a GPU, 512 x 512 on the CPU with
+  ``client_cpus`` threads) times the workers (on a GPU, one device: the rate itself).
+
 The **parallel bound** row (skip it with ``--no-parallel-bound``) runs each worker's share of the
 clients in its own plain process, all at once, with no framework: the per-round time the
 hardware allows when every core trains at the same time. Where it is above 1.00x, the compute
@@ -57,10 +69,34 @@ MODEL = ["model=cnn", "model.params.channels=[8,16]", "model.params.hidden=64"]
 DEFAULT_BOUND_ROUNDS = 4
 
 
+#: FLAIN's reference round (``experiment=flain_mnist``): its clients, per round.
+FLAIN = "flain"
+FLAIN_CLIENTS = 25
+
+
 def overrides(
     clients: int, samples: int, rounds: int, engine: str, args: argparse.Namespace
 ) -> list[str]:
-    """The fedsim config of one benchmark run."""
+    """The fedsim config of one benchmark run (``engine`` may be ``fast[vec=MODE]``)."""
+    vec = []
+    if "[vec=" in engine:
+        engine, mode = engine.rstrip("]").split("[vec=")
+        vec = [f"engine.vectorize={mode}"]
+    if clients == 0:  # FLAIN's reference round
+        return [
+            "experiment=flain_mnist",
+            f"dataset.root={args.data_root}",
+            f"rounds={rounds}",
+            f"eval_every={rounds}",
+            "defense=none",
+            "tensorboard=false",
+            f"engine={engine}",
+            f"engine.client_cpus={args.client_cpus}",
+            f"engine.client_gpus={args.client_gpus}",
+            f"device={args.device}",
+            "progress=false",
+            *vec,
+        ]
     data = ["dataset=mnist", f"dataset.root={args.data_root}"] if args.data_root else []
     return [
         *data,
@@ -81,7 +117,92 @@ def overrides(
         f"engine.client_gpus={args.client_gpus}",
         f"device={args.device}",
         "progress=false",
+        *vec,
     ]
+
+
+def parse_workload(w: str) -> tuple[int, int]:
+    """``CLIENTSxSAMPLES`` as two integers; ``flain`` as ``(0, 0)``."""
+    if w.lower() == FLAIN:
+        return 0, 0
+    clients, samples = (int(v) for v in w.lower().split("x"))
+    return clients, samples
+
+
+# ---- the FLOP bound ----------------------------------------------------------------------------
+def flops_per_sample(cfg: Any) -> float:
+    """FLOPs of one forward and backward pass per sample of ``cfg``'s model (FlopCounterMode)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fedsim.data import load_dataset
+    from fedsim.models import build_model
+
+    data = load_dataset(str(cfg.dataset.name), root=str(cfg.dataset.root), download=False)
+    model = build_model(
+        str(cfg.model.name),
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        params=dict(cfg.model.get("params") or {}),
+    )
+    b = 8
+    x = torch.randn(b, data.in_channels, data.image_size, data.image_size)
+    with FlopCounterMode(display=False) as counter:
+        torch.nn.functional.cross_entropy(model(x), torch.zeros(b, dtype=torch.long)).backward()
+    return counter.get_total_flops() / b
+
+
+def round_flops(clients: int, samples: int, args: argparse.Namespace) -> float:
+    """Training FLOPs of one round: per-sample FLOPs x samples trained per client x clients."""
+    from fedsim.config import compose
+    from fedsim.federation import build_federation
+
+    cfg = compose(overrides(clients, samples, 2, "fast", args))
+    per = flops_per_sample(cfg)
+    if clients == 0:  # FLAIN: the round's sampled clients, each its partition times its epochs
+        fed = build_federation(cfg)
+        sizes = sorted(len(fed.client_data(p)) for p in range(int(cfg.num_clients)))
+        mean = sum(sizes) / len(sizes)
+        return per * mean * FLAIN_CLIENTS * int(cfg.local.epochs)
+    return per * samples * clients * int(cfg.local.epochs)
+
+
+def device_rate(args: argparse.Namespace) -> float:
+    """Float32 FLOP/s of a dense matrix product on the benchmark's device (best of 5)."""
+    import torch
+
+    cuda = args.device.startswith("cuda")
+    dev = torch.device("cuda" if cuda else "cpu")
+    n = 2048 if cuda else 512
+    if not cuda:
+        torch.set_num_threads(max(1, int(args.client_cpus)))
+    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    best = float("inf")
+    for _ in range(6):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / 10)
+    return 2 * n**3 / best
+
+
+def _gpu_used() -> int:
+    """Bytes of GPU memory in use on every visible GPU (0 without nvidia-smi)."""
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(int(v) for v in out.split() if v.isdigit()) * 2**20
 
 
 # ---- child: one run in a fresh process --------------------------------------------------------
@@ -136,13 +257,16 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
         proc = subprocess.Popen(
             cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
         )
-        peak = 0
+        peak = gpu_peak = 0
+        cuda = args.device.startswith("cuda")
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, gpu_peak
             while not done.is_set():
                 peak = max(peak, _tree_pss(proc.pid))
+                if cuda:
+                    gpu_peak = max(gpu_peak, _gpu_used())
                 done.wait(args.mem_interval)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -161,6 +285,7 @@ def measure(clients: int, samples: int, engine: str, args: argparse.Namespace) -
         "startup": first_end - launch - steady,
         "per_round": steady,
         "peak_gib": peak / 2**30,
+        "gpu_gib": gpu_peak / 2**30 if cuda else None,
         "accuracy": metrics[-1].get("eval_accuracy"),
     }
 
@@ -328,6 +453,17 @@ def main() -> None:
         help="timed rounds per bound measurement, after one warm-up round; their mean is taken, "
         "as the engines' steady rounds are averaged",
     )
+    ap.add_argument(
+        "--vectorize",
+        nargs="+",
+        choices=("auto", "on", "off"),
+        help="run engine=fast once per engine.vectorize value (rows fast[vec=MODE])",
+    )
+    ap.add_argument(
+        "--no-compute-bound",
+        action="store_true",
+        help="skip the compute and parallel bounds (the FLOP bound is still computed)",
+    )
     ap.add_argument("--markdown", type=Path, help="also write the table to this Markdown file")
     ap.add_argument(
         "--mem-interval", type=float, default=2.0, help="seconds between memory samples"
@@ -338,18 +474,30 @@ def main() -> None:
     if args.client_gpus > 0 and args.workers == (os.cpu_count() or 1):
         args.workers = max(1, int(round(1 / args.client_gpus)))
 
+    if args.vectorize:
+        args.engines = [
+            e
+            for engine in args.engines
+            for e in ([f"fast[vec={m}]" for m in args.vectorize] if engine == "fast" else [engine])
+        ]
+    rate = device_rate(args) * (1 if args.device.startswith("cuda") else max(1, args.workers))
+    print(f"FLOP rate {rate / 1e9:.1f} GFLOP/s (dense float32 matmul x workers)", flush=True)
     rows = []
     for w in args.workloads:
-        clients, samples = (int(v) for v in w.lower().split("x"))
+        clients, samples = parse_workload(w)
+        flop_bound = round_flops(clients, samples, args) / rate
+        print(f"{w}: FLOP bound {flop_bound:.4f} s/round", flush=True)
+        no_bound = args.no_compute_bound or clients == 0  # FLAIN: Adam, its own model
         reps: list[dict[str, dict[str, Any]]] = []
         for rep in range(args.repeat):
             # Each repetition measures the bounds and then every engine, close together in time,
             # and ratios are taken within a repetition (this machine's speed drifts by minutes).
             got: dict[str, dict[str, Any]] = {}
-            bound = compute_bound(clients, samples, args)
-            got["compute bound"] = {"startup": None, "per_round": bound, "peak_gib": None}
+            bound = float("nan") if no_bound else compute_bound(clients, samples, args)
+            if not no_bound:
+                got["compute bound"] = {"startup": None, "per_round": bound, "peak_gib": None}
             print(f"{w} [{rep + 1}/{args.repeat}]: compute bound {bound:.3f} s/round", flush=True)
-            if args.workers > 1 and not args.no_parallel_bound:
+            if args.workers > 1 and not args.no_parallel_bound and not no_bound:
                 par = parallel_bound(clients, samples, args)
                 got["parallel bound"] = {"startup": None, "per_round": par, "peak_gib": None}
                 print(f"{w}: parallel bound {par:.3f} s/round ({par / bound:.2f}x)", flush=True)
@@ -361,18 +509,20 @@ def main() -> None:
                 r = measure(clients, samples, engine, args)
                 # The bound again right after the engine: its ratio is taken against the mean
                 # of the bounds measured just before and just after it.
-                after = compute_bound(clients, samples, args)
+                after = float("nan") if no_bound else compute_bound(clients, samples, args)
                 ref = (bounds[-1] + after) / 2
                 bounds.append(after)
-                r["x_bound"] = r["per_round"] / ref
+                r["x_bound"] = None if no_bound else r["per_round"] / ref
+                r["x_flop"] = r["per_round"] / flop_bound
                 got[engine] = r
                 print(
                     f"{w}: {engine}: startup {r['startup']:.1f}s, {r['per_round']:.3f} s/round "
-                    f"({r['x_bound']:.2f}x bound {ref:.3f}: {bounds[-2]:.3f} before, "
-                    f"{after:.3f} after), peak {r['peak_gib']:.2f} GiB",
+                    f"(bound {ref:.3f}: {bounds[-2]:.3f} before, {after:.3f} after; "
+                    f"{r['x_flop']:.1f}x FLOP bound), peak {r['peak_gib']:.2f} GiB",
                     flush=True,
                 )
-            got["compute bound"]["per_round"] = sum(bounds) / len(bounds)
+            if not no_bound:
+                got["compute bound"]["per_round"] = sum(bounds) / len(bounds)
             reps.append(got)
         rows.extend(summarise(w, reps))
     table = render(rows, args)
@@ -393,17 +543,28 @@ def summarise(workload: str, reps: list[dict[str, dict[str, Any]]]) -> list[dict
     rows = []
     for engine in reps[0]:
         runs = [rep[engine] for rep in reps]
-        x = [r["x_bound"] for r in runs]
+        x = [r["x_bound"] for r in runs if r.get("x_bound") is not None]
+        flop = [r["x_flop"] for r in runs if r.get("x_flop") is not None]
+        gpu = [r["gpu_gib"] for r in runs if r.get("gpu_gib") is not None]
         row: dict[str, Any] = {
             "workload": workload,
             "engine": engine,
             "startup": None if runs[0]["startup"] is None else med([r["startup"] for r in runs]),
             "per_round": med([r["per_round"] for r in runs]),
             "peak_gib": None if runs[0]["peak_gib"] is None else max(r["peak_gib"] for r in runs),
-            "x_bound": med(x),
+            "x_bound": med(x) if x else None,
             "x_range": (min(x), max(x)) if len(x) > 1 else None,
+            "x_flop": med(flop) if flop else None,
+            "gpu_gib": max(gpu) if gpu else None,
             "n": len(runs),
         }
+        if (
+            engine.startswith("fast[vec=")
+            and engine != "fast[vec=off]"
+            and "fast[vec=off]" in reps[0]
+        ):
+            per = [rep["fast[vec=off]"]["per_round"] / rep[engine]["per_round"] for rep in reps]
+            row["vs_off"] = (med(per), min(per), max(per))
         if engine == "fast" and "flower" in reps[0]:
             per = [rep["flower"]["per_round"] / rep["fast"]["per_round"] for rep in reps]
             start = [rep["fast"]["startup"] / rep["flower"]["startup"] for rep in reps]
@@ -427,8 +588,9 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"{os.cpu_count()} CPU cores; {args.repeat} repetition(s) per workload"
         + (", medians (range)." if args.repeat > 1 else "."),
         "",
-        "| workload | engine | startup s | s/round | x bound | peak RSS GiB | fast vs flower |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| workload | engine | startup s | s/round | x bound | x FLOP bound | peak RSS GiB "
+        "| GPU GiB | fast vs flower |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         speed = ""
@@ -437,12 +599,18 @@ def render(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
             speed = f"per-round speed-up {p:.1f}x; start-up {st:.2f}x flower's"
             if r["n"] > 1:
                 speed += f" (per round {plo:.1f}-{phi:.1f}x, start-up {slo:.2f}-{shi:.2f}x)"
+        if r.get("vs_off"):
+            p, plo, phi = r["vs_off"]
+            speed = f"per round {p:.2f}x vec=off's" + (
+                f" ({plo:.2f}-{phi:.2f}x)" if r["n"] > 1 else ""
+            )
         xb = f(r["x_bound"], ".2f")
         if r.get("x_range"):
             xb += f" ({r['x_range'][0]:.2f}-{r['x_range'][1]:.2f})"
         lines.append(
             f"| {r['workload']} | {r['engine']} | {f(r['startup'], '.1f')} | {f(r['per_round'], '.3f')} | "
-            f"{xb} | {f(r['peak_gib'], '.2f')} | {speed} |"
+            f"{xb} | {f(r.get('x_flop'), '.1f')} | {f(r['peak_gib'], '.2f')} | "
+            f"{f(r.get('gpu_gib'), '.2f')} | {speed} |"
         )
     return "\n".join(lines)
 
