@@ -238,11 +238,16 @@ def test_every_group_has_bad_input_cases() -> None:
             ["attack=cba", "attack.trigger_pos=5"],
             "fedsim: error: invalid attack.trigger_pos=5: allowed a pair of integers",
         ),
-        (
+        pytest.param(  # each CLI call is a process (4 s); the messages are checked in-process too
             ["local.optimizer=rmsprop"],
             "fedsim: error: invalid local.optimizer='rmsprop': allowed sgd or adam",
+            marks=pytest.mark.slow,
         ),
-        (["strategy=fedprox", "strategy.mu=abc"], "fedsim: error: invalid strategy.mu='abc'"),
+        pytest.param(
+            ["strategy=fedprox", "strategy.mu=abc"],
+            "fedsim: error: invalid strategy.mu='abc'",
+            marks=pytest.mark.slow,
+        ),
     ],
 )
 def test_the_cli_exits_2_with_the_one_line_before_any_work(

@@ -22,6 +22,7 @@ def _metrics(tmp: Path, engine: str, overrides: list[str]) -> list[dict]:
     return [{k: v for k, v in r.items() if k not in TIMING} for r in read_metrics(tmp / engine)]
 
 
+@pytest.mark.slow  # 27 s; both engines end to end (make test-all)
 @pytest.mark.parametrize(
     "overrides",
     [

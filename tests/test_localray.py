@@ -133,7 +133,14 @@ def _check_lean_settings(session_dir: str) -> None:
     assert not _await_raylet(node.gcs_address, "ab" * 28, timeout=0.05)
 
 
-@pytest.mark.parametrize(("lean", "agents"), [(True, True), (True, False), (False, True)])
+@pytest.mark.parametrize(
+    ("lean", "agents"),
+    [
+        (True, True),
+        pytest.param(True, False, marks=pytest.mark.slow),
+        pytest.param(False, True, marks=pytest.mark.slow),
+    ],
+)
 def test_local_ray_helpers_and_a_clean_stop(lean: bool, agents: bool) -> None:
     """The lean node leaves out Ray's helpers and (with ``lean_agents``) runs the stub agents
     in place of Ray's; tasks run on it, and nothing outlives :func:`stop_ray`."""
@@ -195,7 +202,7 @@ def test_bad_input_found_after_the_engine_started_stops_it_and_writes_nothing(
     assert not left, f"processes left after the error: {left}"
 
 
-@pytest.mark.parametrize("inline_bytes", [4194304, None])
+@pytest.mark.parametrize("inline_bytes", [4194304, pytest.param(None, marks=pytest.mark.slow)])
 def test_lean_ray_keeps_the_inline_results_setting(inline_bytes: int | None) -> None:
     """``engine.inline_bytes`` reaches a lean Ray: 1 MB results skip the object store."""
     import numpy as np
@@ -235,7 +242,7 @@ def _ray_children() -> list[psutil.Process]:
     ]
 
 
-@pytest.mark.parametrize("failure", ["raises", "times out"])
+@pytest.mark.parametrize("failure", ["raises", pytest.param("times out", marks=pytest.mark.slow)])
 def test_a_failed_lean_start_falls_back_to_ray_init_with_one_warning(
     failure: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -285,6 +292,7 @@ def test_a_failed_lean_start_falls_back_to_ray_init_with_one_warning(
         assert not _stopped(session_dir)
 
 
+@pytest.mark.slow  # 18 s (make test-all)
 def test_a_local_start_ignores_a_dead_recorded_cluster_and_ray_address(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -30,6 +30,7 @@ def _cfg(tmp: Path, name: str, overrides: list[str]) -> object:
     return cfg
 
 
+@pytest.mark.slow  # 18 s; the suite itself runs on one shared session
 def test_runs_on_a_session_share_ray_and_actors_and_match_a_run_alone(
     tmp_path: Path, engine_session: EngineSession, monkeypatch: pytest.MonkeyPatch
 ) -> None:

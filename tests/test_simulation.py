@@ -104,6 +104,7 @@ def test_mnist_from_shared_data(shared_data: Path, tmp_path: Path) -> None:
     assert summary[C.FINAL_ACCURACY] > 0.85
 
 
+@pytest.mark.slow  # 16 s; the CLI's refusals are also checked in test_bad_inputs
 def test_cli_run_report_and_bad_input(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     cmd = [sys.executable, "-m", "fedsim.cli"]
@@ -127,6 +128,7 @@ def test_cli_run_report_and_bad_input(tmp_path: Path) -> None:
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # 18 s; resume is also checked in-process
 def test_server_killed_mid_run_resumes_to_the_same_metrics(
     default_runs: tuple[Path, Path], tmp_path: Path
 ) -> None:
