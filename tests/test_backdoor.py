@@ -132,6 +132,7 @@ def test_bad_backdoor_input_is_one_line(overrides: list[str], pattern: str) -> N
     assert "\n" not in str(info.value) and re.search(pattern, str(info.value)), str(info.value)
 
 
+@pytest.mark.slow  # 9 s; attack x strategy x defense pairs run in test_combinations
 def test_digits_run_with_attack_fltrust_and_flain(tmp_path) -> None:  # type: ignore[no-untyped-def]
     """End to end on the embedded digits (8x8): MA/ASR every evaluated round, theta_0 stored,
     FLAIN logged in the summary, defense.json and TensorBoard; exact attackers per round."""

@@ -89,6 +89,7 @@ def test_one_session_per_process(engine_session: EngineSession) -> None:
     assert session.open_session() is engine_session
 
 
+@pytest.mark.slow  # 6 s; a regression test of a start-up race (make test-all)
 def test_flower_engine_imports_ray_before_the_server_thread_starts(tmp_path: Path) -> None:
     """The import race of ``engine=flower`` (the ServerApp's thread saw a partly imported Ray):
     Ray is fully imported before Flower's simulation starts the ServerApp's thread."""
