@@ -105,6 +105,7 @@ def test_a_killed_study_resumes_and_ends_with_the_same_table(tmp_path: Path) -> 
     assert _table(spec, tmp_path) == expected
 
 
+@pytest.mark.slow  # 5 s of composing (make test-all)
 def test_two_processes_share_a_study_and_make_each_run_once(tmp_path: Path) -> None:
     spec = _spec(tmp_path, seeds=[0, 1])
     made: list[str] = []
@@ -297,6 +298,7 @@ def test_the_study_command_refuses_bad_input_in_one_line(
     assert len(err) == 1 and message in err[0]
 
 
+@pytest.mark.slow  # a study run through the CLI (make test-all)
 def test_dry_run_counts_made_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from fedsim.cli import main
 
