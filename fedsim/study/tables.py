@@ -194,7 +194,7 @@ def _one_table(spec: StudySpec, table: Table, rows: list[Row], order: Mapping) -
             )
             if base is not None:
                 if label == base:
-                    cells.append("baseline")
+                    cells.append("baseline" if mine else "-")
                 else:
                     p = paired_difference(
                         mine,
