@@ -306,3 +306,14 @@ def test_dry_run_counts_made_runs(tmp_path: Path, capsys: pytest.CaptureFixture[
     capsys.readouterr()
     assert main(["study", "tiny", f"output={tmp_path}", "--dry-run"]) == 0
     assert "study tiny: 4 runs, 2 made, 2 to make" in capsys.readouterr().out
+
+
+def test_the_run_key_ignores_speed_settings_but_not_the_batched_pass() -> None:
+    from fedsim.config import compose
+
+    base = cache.run_key(compose(["rounds=2"]))
+    assert cache.run_key(compose(["rounds=2", "engine.chunks_per_actor=4"])) == base
+    assert cache.run_key(compose(["rounds=2", "engine=flower"])) == base  # identical metrics
+    assert cache.run_key(compose(["rounds=2", "progress=false"])) == base
+    assert cache.run_key(compose(["rounds=3"])) != base
+    assert cache.run_key(compose(["rounds=2", "engine.vectorize=on"])) != base

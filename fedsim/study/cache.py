@@ -34,11 +34,20 @@ DONE_FILE = "study.json"
 
 def run_key(cfg: DictConfig) -> str:
     """The cache key of a run: a hash of its fully resolved config (less :data:`VOLATILE_KEYS`);
-    any other change gives another key, so the run is made again."""
+    any other change gives another key, so the run is made again.
+
+    The ``engine`` group says how fast a run goes, not what it computes (both engines give
+    identical metrics, a test checks it), so it is left out, and a new engine setting does not
+    make every cached run again. The exception is ``engine.vectorize=on``, whose batched pass
+    equals the per-client loop only within float rounding: it is part of the key.
+    """
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)
     for key in VOLATILE_KEYS:
         plain.pop(key, None)
+    engine = plain.pop("engine", None) or {}
+    if isinstance(engine, dict) and engine.get("vectorize") == "on":
+        plain["engine.vectorize"] = "on"
     text = json.dumps(plain, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
