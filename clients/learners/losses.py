@@ -18,11 +18,8 @@ def gce_loss(
     With ``truncate_below = k`` samples with ``p_y < k`` are left out (the truncated L_q loss; the
     mean is still over the whole batch).
     """
-    p_y = F.softmax(logits, dim=1).gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-12)
-    loss = (1.0 - p_y.pow(q)) / q
-    if truncate_below is not None:
-        loss = loss * (p_y.detach() >= truncate_below).to(loss.dtype)
-    return loss.mean()
+    # p_y >= 1e-12 > 0, so a threshold of 0 keeps every sample (the mask is exactly 1.0)
+    return gce_sample_losses(logits, y, q, 0.0 if truncate_below is None else truncate_below).mean()
 
 
 def sce_loss(
@@ -38,10 +35,15 @@ def sce_loss(
     (A = -4), which makes ``RCE = -A (1 - p_y)``.
     """
     ce = F.cross_entropy(logits, y)
+    return alpha * ce + beta * _rce(logits, y, log_zero).mean()
+
+
+def _rce(logits: torch.Tensor, y: torch.Tensor, log_zero: float) -> torch.Tensor:
+    """Per-sample reverse cross-entropy ``-sum_k p_k log q_k`` (``log 0`` clipped to
+    ``log_zero``)."""
     p = F.softmax(logits, dim=1).clamp(1e-7, 1.0)
     log_q = torch.full_like(p, log_zero).scatter(1, y.view(-1, 1), 0.0)
-    rce = -(p * log_q).sum(1).mean()
-    return alpha * ce + beta * rce
+    return -(p * log_q).sum(1)
 
 
 def gce_sample_losses(
@@ -63,9 +65,7 @@ def sce_sample_losses(
 ) -> torch.Tensor:
     """Per-sample :func:`sce_loss` (its mean is ``sce_loss``)."""
     ce = F.cross_entropy(logits, y, reduction="none")
-    p = F.softmax(logits, dim=1).clamp(1e-7, 1.0)
-    log_q = torch.full_like(p, log_zero).scatter(1, y.view(-1, 1), 0.0)
-    return alpha * ce + beta * -(p * log_q).sum(1)
+    return alpha * ce + beta * _rce(logits, y, log_zero)
 
 
 def calibrated_softmax(logits: torch.Tensor, gamma: float | None = None) -> torch.Tensor:
