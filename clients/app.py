@@ -45,7 +45,7 @@ from fedsim.constants import (
 )
 from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
-from fedsim.models import ClassifierModel, build_model
+from fedsim.models import ClassifierModel, model_for
 from fedsim.records import array_record, torch_state
 from fedsim.seeding import client_seed
 
@@ -143,14 +143,7 @@ def client_runtime(context: Context) -> ClientRuntime:
         if data_root:
             cfg.dataset.root = str(data_root)
         fed = build_federation(cfg)
-        params = dict(cfg.model.get("params") or {})
-        model = build_model(
-            str(cfg.model.name),
-            num_classes=fed.data.num_classes,
-            in_channels=fed.data.in_channels,
-            image_size=fed.data.image_size,
-            params=params,
-        )
+        model = model_for(cfg, fed.data)
         name = str(cfg.local.name)
         device = torch.device(resolve_device(str(cfg.device)))
         rt = ClientRuntime(

@@ -25,7 +25,7 @@ from clients.learners import ClientData
 from clients.query import ModelOutputs, QueryInputs, QueryStrategy, build_query
 from clients.query.local_only import class_histogram, infer, train_local_only
 from fedsim import constants as C
-from fedsim.models import ClassifierModel, build_model
+from fedsim.models import ClassifierModel, model_for
 from fedsim.records import array_record, torch_state
 from fedsim.seeding import derive_seed
 
@@ -92,13 +92,7 @@ def _spare_model(rt: Any) -> ClassifierModel:
     m = _SPARE.get(id(rt))
     if m is None:
         _SPARE.clear()
-        m = build_model(
-            str(rt.cfg.model.name),
-            num_classes=rt.federation.data.num_classes,
-            in_channels=rt.federation.data.in_channels,
-            image_size=rt.federation.data.image_size,
-            params=dict(rt.cfg.model.get("params") or {}),
-        ).to(rt.device)
+        m = model_for(rt.cfg, rt.federation.data).to(rt.device)
         _SPARE[id(rt)] = m
     return m
 

@@ -61,7 +61,7 @@ def resume_config(run_dir: Path, changes: DictConfig | None = None) -> DictConfi
 def prepare(cfg: DictConfig) -> None:
     """Everything that can fail on bad input, before any output is written."""
     from fedsim.federation import build_federation
-    from fedsim.models import build_model
+    from fedsim.models import model_for
 
     validate(cfg)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a Ray FutureWarning
@@ -70,13 +70,7 @@ def prepare(cfg: DictConfig) -> None:
             "output_dir is not set: pass output_dir=PATH (the CLI sets Hydra's run dir)"
         )
     fed = build_federation(cfg)  # loads the data once; refuses more clients than samples
-    build_model(
-        str(cfg.model.name),
-        num_classes=fed.data.num_classes,
-        in_channels=fed.data.in_channels,
-        image_size=fed.data.image_size,
-        params=dict(cfg.model.get("params") or {}),
-    )
+    model_for(cfg, fed.data)  # refuses a model the data's shape cannot feed
     from fedsim.config import check_data
 
     # The strategy and the learners were built once by their plugins' config checks (validate).

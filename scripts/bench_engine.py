@@ -136,16 +136,10 @@ def flops_per_sample(cfg: Any) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     from fedsim.data import load_dataset
-    from fedsim.models import build_model
+    from fedsim.models import model_for
 
     data = load_dataset(str(cfg.dataset.name), root=str(cfg.dataset.root), download=False)
-    model = build_model(
-        str(cfg.model.name),
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        params=dict(cfg.model.get("params") or {}),
-    )
+    model = model_for(cfg, data)
     b = 8
     x = torch.randn(b, data.in_channels, data.image_size, data.image_size)
     with FlopCounterMode(display=False) as counter:

@@ -37,7 +37,7 @@ from fedsim.config import clients_per_round, config_summary, resolve_device
 from fedsim.errors import RunStopped
 from fedsim.evaluation import evaluate_per_class
 from fedsim.federation import Federation, build_federation
-from fedsim.models import ClassifierModel, build_model
+from fedsim.models import ClassifierModel, model_for
 from fedsim.outputs import RunWriter, plot_accuracy, read_metrics, write_summary
 from fedsim.records import array_record, torch_state
 from fedsim.seeding import sample_partitions
@@ -94,13 +94,7 @@ class Workflow:
         ``seed`` (default: the run's seed)."""
         data = self.federation.data
         torch.manual_seed(int(self.cfg.seed) if seed is None else seed)
-        return build_model(
-            str(self.cfg.model.name),
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-            image_size=data.image_size,
-            params=dict(self.cfg.model.get("params") or {}),
-        ).to(self.device)
+        return model_for(self.cfg, data).to(self.device)
 
     def evaluate_on(
         self, model: ClassifierModel, idx: torch.Tensor | None = None

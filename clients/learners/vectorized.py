@@ -351,19 +351,13 @@ def check_vectorize_data(cfg: Any, data: Any) -> None:
     from omegaconf import OmegaConf
 
     from fedsim.errors import ConfigError
-    from fedsim.models import build_model
+    from fedsim.models import model_for
 
     if OmegaConf.select(cfg, "engine.name") != "fast":
         return
     if vectorize_mode(OmegaConf.select(cfg, "engine.vectorize")) != "on":
         return
-    model = build_model(
-        str(cfg.model.name),
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        params=dict(cfg.model.get("params") or {}),
-    )
+    model = model_for(cfg, data)
     why = unsupported_model(model)
     if why is not None:
         raise ConfigError(f"{why}; set engine.vectorize=auto or off")

@@ -12,6 +12,6 @@ Examples
 from __future__ import annotations
 
 from fedsim.models import cnn, mlp, resnet  # noqa: F401  (registers the built-in models)
-from fedsim.models.base import MODELS, ClassifierModel, ModelFactory, build_model
+from fedsim.models.base import MODELS, ClassifierModel, ModelFactory, build_model, model_for
 
-__all__ = ["MODELS", "ClassifierModel", "ModelFactory", "build_model"]
+__all__ = ["MODELS", "ClassifierModel", "ModelFactory", "build_model", "model_for"]

@@ -126,3 +126,15 @@ def build_model(
     if not isinstance(model, ClassifierModel):  # pragma: no cover - programming error
         raise TypeError(f"model factory {name!r} returned {type(model).__name__}")
     return model
+
+
+def model_for(cfg: Any, data: Any) -> ClassifierModel:
+    """The model of a fedsim config (``cfg.model``) shaped for ``data`` (a
+    :class:`~fedsim.data.DatasetArrays`: classes, channels, image size); freshly initialised."""
+    return build_model(
+        str(cfg.model.name),
+        num_classes=data.num_classes,
+        in_channels=data.in_channels,
+        image_size=data.image_size,
+        params=dict(cfg.model.get("params") or {}),
+    )
