@@ -196,6 +196,7 @@ def test_group_equals_the_per_client_loop(case: str) -> None:
             state=state,
         )
         loop.append((r, {k: v.clone() for k, v in model.state_dict().items()}))
+    assert any(not torch.equal(v, init[k]) for k, v in loop[0][1].items())  # it did train
     model.load_state_dict(init)
     gens = [torch.Generator().manual_seed(100 + i) for i in range(len(sizes))]
     results, trained = train_group(learner, model, datas, gens, states, device=CPU, proximal_mu=mu)
