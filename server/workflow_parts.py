@@ -85,11 +85,9 @@ def progress_line(record: dict[str, Any], rounds: int) -> str:
 def client_state_warning(cfg: DictConfig) -> str | None:
     """On resume: the line saying which local methods keep per-client state across rounds (in
     the clients' ``Context.state``, which checkpoints do not hold), or None."""
-    from fedsim.data.weak_clients import local_of, used_specs
-    from fedsim.registries import LOCAL
+    from fedsim.data.weak_clients import stateful_local_methods
 
-    names = sorted({local_of(cfg, spec)[0] for spec, _ in used_specs(cfg)})
-    stateful = [n for n in names if getattr(LOCAL.get(n), "keeps_client_state", False)]
+    stateful = stateful_local_methods(cfg)
     if not stateful:
         return None
     return (

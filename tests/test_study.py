@@ -232,12 +232,26 @@ def test_unknown_study_and_bad_cell_are_refused_before_any_run(tmp_path: Path) -
     assert not (tmp_path / "studies").exists()
 
 
-def test_runs_whose_clients_keep_state_restart_instead_of_resuming() -> None:
-    from fedsim.config import compose
-    from fedsim.study.runner import keeps_client_state
+@pytest.mark.parametrize(("local", "resumes"), [("supervised", True), ("gce", False)])
+def test_runs_whose_clients_keep_state_restart_instead_of_resuming(
+    tmp_path: Path, local: str, resumes: bool
+) -> None:
+    from omegaconf import OmegaConf
 
-    assert keeps_client_state(compose(["local=gce"]))  # its per-client state is not checkpointed
-    assert not keeps_client_state(compose(["local=supervised"]))
+    from fedsim.checkpoint import save_checkpoint
+    from fedsim.config import compose
+    from fedsim.study.runner import PlannedRun, _make
+
+    cfg = compose([f"local={local}", "rounds=2"])
+    run = PlannedRun(parse_study(TINY).cells[0], 0, cfg, "k", tmp_path / "k")
+    run.dir.mkdir()
+    OmegaConf.save(cfg, run.dir / C.CONFIG_FILE)  # an interrupted run: config and a checkpoint
+    save_checkpoint(run.dir, 1, {"round": 1})
+    seen: list[Any] = []
+    _make(run, lambda c: seen.append((c.get("resume"), (run.dir / C.CONFIG_FILE).exists())))
+    # gce's per-client state is not in the checkpoint: its run starts again from an empty dir
+    assert seen == [(str(run.dir), True)] if resumes else seen == [(None, False)]
+    assert (run.dir / cache.DONE_FILE).is_file()  # marked complete after the (fake) run
 
 
 STUDIES = sorted(

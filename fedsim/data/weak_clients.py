@@ -241,3 +241,12 @@ def write_label_quality(
                     f"{s['coverage']:.4f}",
                 ]
             )
+
+
+def stateful_local_methods(cfg: Mapping[str, Any]) -> list[str]:
+    """The local methods of ``cfg`` that keep per-client state across rounds (their class
+    declares ``keeps_client_state``), sorted: checkpoints do not hold that state."""
+    from fedsim.registries import LOCAL
+
+    names = sorted({local_of(cfg, spec)[0] for spec, _ in used_specs(cfg)})
+    return [n for n in names if getattr(LOCAL.get(n), "keeps_client_state", False)]

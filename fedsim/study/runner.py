@@ -103,23 +103,14 @@ class Progress:
         )
 
 
-def keeps_client_state(cfg: DictConfig) -> bool:
-    """Whether a local method of ``cfg`` keeps per-client state across rounds (which checkpoints
-    do not hold: a resumed run would differ from an uninterrupted one)."""
-    from fedsim.data.weak_clients import local_of, used_specs
-    from fedsim.registries import LOCAL
-
-    names = {local_of(cfg, spec)[0] for spec, _ in used_specs(cfg)}
-    return any(getattr(LOCAL.get(n), "keeps_client_state", False) for n in names)
-
-
 def _make(run: PlannedRun, execute: Callable[[DictConfig], Any]) -> None:
     """Make ``run`` (resuming an interrupted one, unless its local method keeps per-client state:
     then it starts again, so that its metrics equal an uninterrupted run's), then mark it
     complete."""
+    from fedsim.data.weak_clients import stateful_local_methods
     from fedsim.runner import resume_config
 
-    if cache.can_resume(run.dir) and not keeps_client_state(run.cfg):
+    if cache.can_resume(run.dir) and not stateful_local_methods(run.cfg):
         cfg = resume_config(run.dir, changes=run.cfg)  # e.g. more rounds than were made
     else:
         cache.clear(run.dir)
