@@ -214,6 +214,8 @@ def test_posthoc_rows_take_the_defended_numbers() -> None:
         ({"bogus": 1}, "invalid study key 'bogus'"),
         ({"baseline": {"method": "fedsgd"}}, "invalid baseline.method='fedsgd'"),
         ({"tables": [{"metric": "x", "rows": "setting"}]}, "invalid tables\\[0\\].rows"),
+        ({"tables": [{"metric": "x", "rows": "method", "scale": "big"}]}, "tables\\[0\\].scale"),
+        ({"plots": [{"metric": "x", "hue": "method", "colour": 1}]}, "plots\\[0\\] parameter"),
         ({"axes": {"method": {"a": "strategy=fedavg"}}}, "a list of override strings"),
         ({"posthoc": {"flain": {"name": "flain"}}}, "one trained label when posthoc"),
     ],

@@ -79,9 +79,9 @@ class Table:
     """A Markdown table: ``metric`` (a run's summary key) per ``rows`` label and ``cols`` label,
     mean with its 95 % interval, plus paired differences to the baseline of ``rows``."""
 
-    title: str
     metric: str
     rows: str
+    title: str = ""  # default: the metric
     cols: str | None = None
     scale: float = 1.0
     digits: int = 1
@@ -225,35 +225,25 @@ def _select(node: Any, axes: tuple[str, ...], cells: list[Cell], posthoc: Mappin
     return tuple(out)
 
 
-def _tables(node: Any, axes: tuple[str, ...]) -> tuple[Table, ...]:
-    out = []
-    for i, t in enumerate(node or []):
-        where = f"tables[{i}]"
-        if not isinstance(t, Mapping) or "metric" not in t or "rows" not in t:
-            raise invalid(where, t, "a mapping with at least metric and rows")
-        for key in ("rows", "cols"):
-            if t.get(key) is not None and t[key] not in axes:
-                raise invalid(f"{where}.{key}", t[key], ", ".join(axes))
-        try:
-            out.append(Table(**{str(k): v for k, v in t.items()}))
-        except TypeError as exc:
-            raise ConfigError(f"invalid {where}: {exc}") from None
-    return tuple(out)
+def _entries(
+    node: Any, axes: tuple[str, ...], cls: type, group: str, axis_keys: tuple[str, ...]
+) -> tuple[Any, ...]:
+    """The ``tables`` or ``plots`` of a study: each a mapping checked against ``cls``'s fields
+    (:func:`fedsim.schema.check_params`: unknown keys, types, required ones), whose
+    ``axis_keys`` name axes of the study."""
+    from fedsim.schema import check_params, keys_of
 
-
-def _plots(node: Any, axes: tuple[str, ...]) -> tuple[Plot, ...]:
+    required = [k.name for k in keys_of(cls) if k.required]
     out = []
-    for i, p in enumerate(node or []):
-        where = f"plots[{i}]"
-        if not isinstance(p, Mapping) or "metric" not in p or "hue" not in p:
-            raise invalid(where, p, "a mapping with at least metric and hue")
-        for key in ("hue", "facet"):
-            if p.get(key) is not None and p[key] not in axes:
-                raise invalid(f"{where}.{key}", p[key], ", ".join(axes))
-        try:
-            out.append(Plot(**{str(k): v for k, v in p.items()}))
-        except TypeError as exc:
-            raise ConfigError(f"invalid {where}: {exc}") from None
+    for i, item in enumerate(node or []):
+        where = f"{group}[{i}]"
+        if not isinstance(item, Mapping) or any(k not in item for k in required):
+            raise invalid(where, item, f"a mapping with at least {' and '.join(required)}")
+        check_params(where, cls, item)
+        for key in axis_keys:
+            if item.get(key) is not None and item[key] not in axes:
+                raise invalid(f"{where}.{key}", item[key], ", ".join(axes))
+        out.append(cls(**{str(k): v for k, v in item.items()}))
     return tuple(out)
 
 
@@ -333,8 +323,8 @@ def parse_study(node: Mapping[str, Any], *, default_name: str = "study") -> Stud
         posthoc=posthoc,
         baseline=baseline,
         select=_select(node.get("select"), axes, cells, posthoc),
-        tables=_tables(node.get("tables"), axes),
-        plots=_plots(node.get("plots"), axes),
+        tables=_entries(node.get("tables"), axes, Table, "tables", ("rows", "cols")),
+        plots=_entries(node.get("plots"), axes, Plot, "plots", ("hue", "facet")),
         doc=node.get("doc"),
         output=str(node.get("output") or "outputs/studies"),
         reports=_strings("reports", node.get("reports")),

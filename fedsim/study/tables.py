@@ -162,7 +162,7 @@ def markdown_table(spec: StudySpec, table: Table, rows: list[Row], order: Mappin
         sub = [r for r in rows if all(r.get(a) == v for a, v in zip(others, combo, strict=True))]
         if not sub:
             continue
-        head = f"**{table.title}**" + (
+        head = f"**{table.title or table.metric}**" + (
             " (" + ", ".join(f"{a}={v}" for a, v in zip(others, combo, strict=True)) + ")"
             if combo
             else ""
