@@ -16,6 +16,8 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CORE = "fedsim"
 PLUGINS = ("clients", "server", "strategies")
@@ -165,6 +167,7 @@ def test_cycles_are_found() -> None:
     assert cycles(graph) == [["a.x", "a.z", "b.y"]]
 
 
+@pytest.mark.slow  # a fresh interpreter (4 s); the static import-graph tests stay default
 def test_core_modules_load_no_plugin_until_a_registry_is_asked() -> None:
     # at run time too: importing the core leaves the plugin packages unimported, and validate()
     # loads them through the entry points and runs every registered check
