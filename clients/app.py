@@ -18,7 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 from omegaconf import DictConfig, OmegaConf
 
-from clients import fal
+from clients import fal, osal
 from clients.attacks.client import attack_step
 from clients.faults import InjectedFault, corrupt, fault_for
 from clients.learners import ClientData, Learner, TrainResult, build_learner
@@ -46,6 +46,7 @@ from fedsim.constants import (
 from fedsim.evaluation import evaluate as evaluate_model
 from fedsim.federation import Federation, build_federation
 from fedsim.models import ClassifierModel, model_for
+from fedsim.models.pair import DetectorPair
 from fedsim.records import array_record, torch_state
 from fedsim.seeding import client_seed
 
@@ -76,6 +77,7 @@ class ClientRuntime:
     faults: dict[str, Any] | None = None  # cfg.faults as plain lists (DictConfig reads cost)
     vectorize: str = "off"  # engine.vectorize (auto | on | off), see train_many
     model_refusal: str | None = None  # why the model cannot train in a batched pass (None: it can)
+    detector_learners: dict[str, Any] = field(default_factory=dict)  # open-set FAL's detector
 
     def data(self, pid: int) -> ClientData:
         """Client ``pid``'s data (indexed out of the shared arrays once)."""
@@ -160,7 +162,11 @@ def client_runtime(context: Context) -> ClientRuntime:
             faults=_plain(cfg.get("faults")),
             vectorize=vectorize_mode(OmegaConf.select(cfg, "engine.vectorize")),
         )
-        rt.model_refusal = unsupported_model(rt.model)
+        rt.model_refusal = (
+            "open-set FAL trains a target and a detector per client"
+            if isinstance(rt.model, DetectorPair)
+            else unsupported_model(rt.model)
+        )
         _RUNTIMES.clear()
         _RUNTIMES[key] = rt
     if torch.get_num_threads() != rt.threads:
@@ -313,14 +319,27 @@ def train(msg: Message, context: Context) -> Message:
     if rt.device.type == "cuda":
         torch.cuda.manual_seed(job.seed)
     generator = torch.Generator().manual_seed(job.seed)
+    pair = model if isinstance(model, DetectorPair) else None
     result = job.learner.train(
-        model,
+        model if pair is None else pair.target,
         job.data,
         device=rt.device,
         generator=generator,
         proximal_mu=job.proximal_mu,
         state=job.state,
     )
+    if pair is not None:  # open-set FAL: the detector on every labeled sample, unknowns as K
+        n = osal.train_detector(
+            rt.cfg,
+            rt.detector_learners,
+            pair.detector,
+            rt.data(job.pid),
+            fal.labeled_mask(context),
+            device=rt.device,
+            seed=job.seed,
+            lr_scale=float(job.config.get(FAL_LR_SCALE, 1.0)),  # type: ignore[arg-type]
+        )
+        result.num_examples = n  # FedAvg weight of the composite: |L^kn| + |L^unk|
     return finish_train(job, model, result)
 
 
@@ -330,6 +349,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     rt = client_runtime(context)
     data = rt.data(partition_id(context, rt))
     lab = data.labeled_indices()  # weak labels: a client evaluates on the samples it has labels for
+    lab = lab[data.y[lab] != data.num_classes]  # open set: the target knows no unknown class
     if lab.numel() < len(data):
         data = data.subset(lab)
     if len(data) == 0:

@@ -15,17 +15,20 @@ serves every phase of a cycle (:data:`~fedsim.constants.FAL_PHASE`):
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 
+from clients import osal
 from clients.learners import ClientData
-from clients.query import ModelOutputs, QueryInputs, QueryStrategy, build_query
+from clients.query import ModelOutputs, QueryContext, QueryInputs, QueryStrategy, build_query
 from clients.query.local_only import class_histogram, infer, train_local_only
 from fedsim import constants as C
 from fedsim.models import ClassifierModel, model_for
+from fedsim.models.pair import target_of
 from fedsim.records import array_record, torch_state
 from fedsim.seeding import derive_seed
 
@@ -56,10 +59,12 @@ def _save_mask(context: Context, mask: np.ndarray) -> None:
 
 
 def training_data(context: Context, data: ClientData) -> ClientData:
-    """``data`` restricted to the labeled pool in FAL runs (unchanged otherwise)."""
+    """``data`` restricted to the labeled pool in FAL runs (unchanged otherwise); in an open-set
+    pool, to its labeled known samples (the target never trains on an unknown)."""
     mask = labeled_mask(context)
     if mask is None:
         return data
+    mask = mask & (data.y.numpy() != data.num_classes)
     idx = torch.from_numpy(np.flatnonzero(mask))
     return ClientData(
         x=data.x[idx],
@@ -110,19 +115,29 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
     n = len(data)
     labels = data.y.numpy()
     num_classes = data.num_classes
+    open_set = osal.is_open_set(cfg)
     if phase == C.FAL_PHASE_SIZE:
+        if open_set:
+            return _reply(
+                msg, {C.FAL_POOL_SIZE: n, C.OSAL_KNOWN: int((labels < num_classes).sum())}
+            )
         return _reply(msg, {C.FAL_POOL_SIZE: n})
     if phase in (C.FAL_PHASE_INIT, PHASE_RESTORE):
         b0 = min(int(config[C.FAL_BUDGET]), n)  # type: ignore[arg-type]
         rng = np.random.default_rng(derive_seed(rt.seed, pid, 0xFA0))
-        first = np.zeros(n, dtype=bool)
-        first[rng.choice(n, size=b0, replace=False)] = True
+        if open_set:  # the initial pool holds known samples only (spec section 1.4)
+            first = osal.initial_pool(labels, b0, rng, num_classes)
+        else:
+            first = np.zeros(n, dtype=bool)
+            first[rng.choice(n, size=b0, replace=False)] = True
         if phase == PHASE_RESTORE:  # a resumed run: the initial pool plus the picks so far
             picks = np.asarray(config.get(PICKS_KEY) or [], dtype=np.int64)
             if picks.size and (picks.min() < 0 or picks.max() >= n):
                 raise RuntimeError(f"partition {pid}: restored picks outside its {n} samples")
             first[picks] = True
         _save_mask(context, first)
+        if phase == PHASE_RESTORE and open_set:  # the strategy's adaptive state restarts
+            osal.save_state(context, {})
         return _reply(msg, {C.FAL_LABELED: int(first.sum()), **_hists(labels, first, num_classes)})
 
     stored = labeled_mask(context)
@@ -146,7 +161,7 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
         local.load_state_dict(torch_state(msg.content.array_records[C.FAL_LOCAL_ARRAYS]))
         seed = derive_seed(rt.seed, cycle, pid, 0x10CA1)
         torch.random.default_generator.manual_seed(seed)
-        lab = torch.from_numpy(np.flatnonzero(mask))
+        lab = torch.from_numpy(np.flatnonzero(mask & (labels != num_classes)))  # known only
         lo = {k: v for k, v in fal.local_only.items()}
         train_local_only(
             local,
@@ -168,6 +183,10 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
         if kind not in cache:
             if kind == "global":
                 model = global_model
+            elif kind == "detector":
+                model = getattr(global_model, "detector", None)
+                if model is None:
+                    raise RuntimeError(f"partition {pid}: the global model has no detector")
             else:
                 key = LOCAL_MODEL_KEY if kind == "local_only" else LAST_LOCAL_KEY
                 if key not in context.state.array_records:
@@ -190,8 +209,21 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
         rbar=float(config[C.FAL_RBAR]) if C.FAL_RBAR in config else None,  # type: ignore[arg-type]
         divergence=float(scalars["divergence"]) if "divergence" in scalars else None,  # type: ignore[arg-type]
     )
+    if open_set:
+        inp.unknown_label = num_classes
+        inp.state = osal.load_state(context)
+        if strategy.needs_context:
+            inp.context = QueryContext(
+                x=data.x,
+                mean=data.mean,
+                std=data.std,
+                device=rt.device,
+                infer_batch_size=infer_bs,
+                target=copy.deepcopy(target_of(global_model)),
+                seed=derive_seed(rt.seed, cycle, pid, 0xB0A1),
+            )
     if phase == C.FAL_PHASE_STATS:
-        stats = strategy.stats(inp)
+        stats = strategy.stats(_view(strategy, inp)[0])
         scalars["divergence"] = float(stats["divergence"])
         context.state[SCALARS_KEY] = ConfigRecord(scalars)
         return _reply(
@@ -202,7 +234,7 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
     budget = int(config[C.FAL_BUDGET])  # type: ignore[arg-type]
     unlabeled = int((~mask).sum())
     inp.budget = min(budget, unlabeled)
-    raw = np.asarray(strategy.select(inp) if inp.budget else [], dtype=np.int64)
+    raw = np.asarray(_select(strategy, inp) if inp.budget else [], dtype=np.int64)
     picks = np.unique(raw)
     if picks.size and (picks.min() < 0 or picks.max() >= n or mask[picks].any()):
         raise RuntimeError(f"partition {pid}: query strategy picked an invalid or labeled sample")
@@ -211,14 +243,22 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
             f"partition {pid}: {picks.size} picks for a budget of {budget} "
             f"({unlabeled} unlabeled; set fal.allow_shortfall=true to continue)"
         )
-    mask[picks] = True  # the oracle reveals the true labels
+    before = mask.copy()
+    mask[picks] = True  # the oracle reveals the labels (an unknown pick: label K, "unknown")
     _save_mask(context, mask)
+    known_picks = picks[labels[picks] < num_classes] if open_set else picks
     metrics: dict[str, Any] = {
         C.FAL_LABELED: int(mask.sum()),
-        C.FAL_QUERY_HIST: class_histogram(labels[picks], num_classes),
-        "picks": [int(i) for i in picks],  # positions in this client's partition
+        C.FAL_QUERY_HIST: class_histogram(labels[known_picks], num_classes),
         **_hists(labels, mask, num_classes),
     }
+    if not open_set or bool(cfg.open_set.get("log_picks", False)):
+        metrics["picks"] = [int(i) for i in picks]  # positions in this client's partition
+    if open_set:
+        om = osal.pick_metrics(labels, before, picks, num_classes)
+        metrics.update(om)
+        inp.state["last_precision"] = float(om["precision"]) if picks.size else 0.0
+        osal.save_state(context, inp.state)
     diag = inp.diagnostics
     if "quotas" in diag:
         metrics[C.FAL_QUOTAS] = diag["quotas"]
@@ -227,8 +267,55 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
         metrics[C.FAL_DIVERGENCE] = float(inp.divergence or 0.0)
     if "pseudo_labels" in diag and raw.size:  # aligned with the strategy's raw picks
         metrics[C.FAL_PSEUDO_ACC] = float(np.mean(diag["pseudo_labels"] == labels[raw]))
+    if open_set:  # the strategy's scalar diagnostics (k_t, shortfall, ...)
+        for key, value in diag.items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                metrics[f"osal_{key}"] = float(value)
     return _reply(msg, metrics)
 
 
+def _select(strategy: QueryStrategy, inp: QueryInputs) -> np.ndarray:
+    """The strategy's picks, as pool positions (see :func:`_view`)."""
+    view, keep = _view(strategy, inp)
+    picks = np.asarray(strategy.select(view), dtype=np.int64)
+    return picks if keep is None else keep[picks]
+
+
+def _view(strategy: QueryStrategy, inp: QueryInputs) -> tuple[QueryInputs, np.ndarray | None]:
+    """What the strategy sees, and the pool positions of its rows (``None``: all of them).
+
+    An open-set-unaware strategy (random, entropy, FairFAL as-is) sees the pool without its
+    labeled unknowns, so every statistic it computes is over known labels and K classes (spec
+    section 4.6)."""
+    if inp.unknown_label is None or strategy.open_set_only or not inp.unknown.any():
+        return inp, None
+    keep = np.flatnonzero(~inp.unknown)
+    full = inp.outputs
+
+    def outputs(kind: str) -> ModelOutputs:
+        out = full(kind)
+        return ModelOutputs(
+            out.log_probs[keep],
+            out.features[keep],
+            None if out.logits is None else out.logits[keep],
+        )
+
+    view = QueryInputs(
+        labeled=inp.labeled[keep],
+        labels=inp.labels[keep],
+        budget=inp.budget,
+        num_classes=inp.num_classes,
+        rng=inp.rng,
+        outputs=outputs,
+        rbar=inp.rbar,
+        divergence=inp.divergence,
+        diagnostics=inp.diagnostics,
+        state=inp.state,
+        context=inp.context,
+    )
+    return view, keep
+
+
 def _hists(labels: np.ndarray, mask: np.ndarray, num_classes: int) -> dict[str, list[int]]:
-    return {C.FAL_LABELED_HIST: class_histogram(labels[mask], num_classes)}
+    known = labels[mask]
+    return {C.FAL_LABELED_HIST: class_histogram(known[known < num_classes], num_classes)}

@@ -164,6 +164,9 @@ def validate(cfg: DictConfig) -> None:
     check_ssfl(cfg)  # semi-supervised setting (it supplies the weak labels)
 
     check_weak_labels(cfg)  # weak labels per client group (the learners check their kinds)
+    from fedsim.osal import check_open_set_run
+
+    check_open_set_run(cfg)
     if cfg.get("min_clients", 1) > clients_per_round(cfg):
         raise invalid(
             "min_clients", cfg.min_clients, f"at most clients_per_round={clients_per_round(cfg)}"

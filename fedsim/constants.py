@@ -127,6 +127,14 @@ FAL_USE_GLOBAL_UNC = "fairfal_global_uncertainty"  # 1 if M_u = G
 FAL_USE_GLOBAL_GRAD = "fairfal_global_gradient"  # 1 if M_g = G
 FAL_PSEUDO_ACC = "fairfal_pseudo_label_accuracy"  # accuracy of the prototype labels on the picks
 FAL_QUOTAS = "fairfal_quotas"  # per-class quotas
+# Open-set FAL (spec open_set_fal.md section 7): reply metrics of the size and select phases
+OSAL_KNOWN = "known_count"  # size reply: known-class samples in the pool (N^kn_k)
+OSAL_PICKS = "n_picks"  # select reply: samples picked (|B_k,t|)
+OSAL_KNOWN_PICKS = "n_known_picks"  # ... of them of a known class
+OSAL_KNOWN_SHARE = "known_share_before"  # known share of the unlabeled pool before the query
+OSAL_LABELED_KNOWN = "labeled_known"  # labeled known samples after the query (|L^kn_k|)
+OSAL_LABELED_UNKNOWN = "labeled_unknown"  # labeled unknowns after the query (|L^unk_k|)
+OSAL_KNOWN_UNLABELED = "known_unlabeled"  # known samples still unlabeled
 
 # metrics.jsonl keys of FAL runs (round records carry STAGE; one stage record per stage)
 STAGE = "stage"

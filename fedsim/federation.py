@@ -21,6 +21,7 @@ from fedsim.data.client_data import ClientData
 from fedsim.data.validation import validation_split
 from fedsim.data.weak_clients import client_specs, generate, weak_config
 from fedsim.data.weak_labels import WeakLabels
+from fedsim.osal import open_set_spec
 from fedsim.ssfl import split_server_set, ssfl_config
 
 
@@ -55,6 +56,10 @@ class Federation:
     weak_groups: tuple[int, ...] = ()
     server_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     val_indices: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    #: open-set FAL (:mod:`fedsim.data.open_set`): each training sample's source class (hidden;
+    #: diagnostics only), else ``None``; ``data.num_classes`` is then K and label K is "unknown"
+    source_y: np.ndarray | None = None
+    detection: tuple[torch.Tensor, np.ndarray] | None = None  # images, known mask
 
     def client_data(self, partition_id: int) -> ClientData:
         """The data held by client ``partition_id``, with its weak labels."""
@@ -97,6 +102,7 @@ def _key(cfg: DictConfig) -> str:
             "val_fraction": val_fraction(cfg),
             "weak_labels": weak_config(cfg),
             "ssfl": ssfl_config(cfg),
+            "open_set": open_set_spec(cfg),
         },
         sort_keys=True,
     )
@@ -112,22 +118,42 @@ def _build(key: str) -> Federation:
     spec: dict[str, Any] = json.loads(key)
     name, root, download = spec["dataset"]
     data = load_dataset(name, root=root, download=download)
-    labels = data.train_y.numpy()
     seed = spec["seed"]
+    subset = spec.get("max_train_samples")
+    osd = _open_set(data, spec, root, download)
+    if osd is not None:
+        data = osd.data
+    labels = data.train_y.numpy()
+    source = labels if osd is None else osd.source_y  # what the splits stratify on
     rho = spec["longtail_rho"]
     keep = np.arange(len(labels))
-    subset = spec.get("max_train_samples")
     if subset is not None and subset < len(keep):
         keep = np.sort(np.random.default_rng([seed, 2]).permutation(len(keep))[:subset])
-    keep, val = validation_split(labels, keep, spec["val_fraction"], seed)  # before the long tail
+    keep, val = validation_split(source, keep, spec["val_fraction"], seed)  # before the long tail
+    if osd is not None:  # the server validates the target: known classes only
+        val = val[labels[val] < data.num_classes]
     if rho != 1.0:
-        kept = longtail_indices(labels[keep], rho, np.random.default_rng([seed, 1]))
+        kept = longtail_indices(source[keep], rho, np.random.default_rng([seed, 1]))
         keep = keep[kept]
     keep, server = split_server_set(spec["ssfl"], labels, keep, seed)  # labels_at_server
     params = {k: v for k, v in spec["partition"].items() if k != "name"}
-    local = partition_dataset(
-        spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params
-    )
+    if osd is None:
+        local = partition_dataset(
+            spec["partition"]["name"], labels[keep], spec["num_clients"], seed, params
+        )
+    else:
+        from fedsim.data.open_set import partition_open_set
+
+        local = partition_open_set(
+            spec["partition"]["name"],
+            params,
+            source[keep],
+            labels[keep] == data.num_classes,
+            spec["num_clients"],
+            seed,
+            how=str(spec["open_set"].get("partition", "joint")),
+            unknown_alpha=float(spec["open_set"].get("unknown_alpha", 0.5)),
+        )
     partitions = tuple(np.asarray(keep[p], dtype=np.int64) for p in local)
     # Weak labels: per client, seeded by (seed, partition id), after partitioning (spec section 4).
     wcfg = {"seed": seed, "num_clients": spec["num_clients"], "weak_labels": spec["weak_labels"]}
@@ -140,7 +166,7 @@ def _build(key: str) -> Federation:
             if ws.params.get("noise_type") == "instance"
             else None
         )
-        weak.append(generate(ws, labels[part], data.num_classes, seed, pid, x=x))
+        weak.append(_weak(ws, labels[part], data.num_classes, seed, pid, x, osd is not None))
     return Federation(
         data=data,
         train_indices=keep,
@@ -149,4 +175,49 @@ def _build(key: str) -> Federation:
         weak_groups=tuple(g for g, _ in specs),
         server_indices=server,
         val_indices=val,
+        source_y=None if osd is None else osd.source_y,
+        detection=(
+            None
+            if osd is None or osd.detection_x is None or osd.detection_known is None
+            else (osd.detection_x, osd.detection_known)
+        ),
     )
+
+
+def _open_set(data: DatasetArrays, spec: dict[str, Any], root: str, download: bool) -> Any:
+    """The open-set view of ``data`` (:func:`fedsim.data.open_set.build_open_set`), or ``None``."""
+    os_spec = spec.get("open_set")
+    if os_spec is None:
+        return None
+    from fedsim.data.open_set import build_open_set
+
+    unknown = None
+    if str(os_spec.get("mode")) == "cross_dataset":
+        unknown = load_dataset(str(os_spec["unknown_dataset"]), root=root, download=download)
+    return build_open_set(
+        data,
+        os_spec,
+        spec["seed"],
+        unknown=unknown,
+        pool_size=spec.get("max_train_samples") if unknown is not None else None,
+    )
+
+
+def _weak(
+    ws: Any,
+    labels: np.ndarray,
+    num_classes: int,
+    seed: int,
+    pid: int,
+    x: np.ndarray | None,
+    open_set: bool,
+) -> WeakLabels:
+    """A client's weak labels; in an open-set pool only the known samples' labels are weakened
+    (an unknown sample keeps label K: the oracle answers "unknown" truthfully)."""
+    if not open_set:
+        return generate(ws, labels, num_classes, seed, pid, x=x)
+    known = labels < num_classes
+    wl = generate(ws, labels[known], num_classes, seed, pid, x=None if x is None else x[known])
+    y = labels.copy()
+    y[known] = wl.y
+    return WeakLabels(kind=wl.kind, y=y, candidates=None, stats=wl.stats)

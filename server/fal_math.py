@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from clients.query import QUERY, build_query
 from fedsim.errors import ConfigError, invalid
+from fedsim.osal import open_set_spec
 
 RESETS = ("random", "continue")
 
@@ -84,7 +85,12 @@ def validate_fal(cfg: DictConfig) -> None:
         return
     if "name" not in q:
         raise ConfigError(f"config group 'query' has no name: pick one of {QUERY.names()}")
-    build_query(str(q.name), {k: v for k, v in q.items() if k != "name"})
+    strategy = build_query(str(q.name), {k: v for k, v in q.items() if k != "name"})
+    if strategy.open_set_only and open_set_spec(cfg) is None:
+        raise ConfigError(
+            f"query={q.name} is an open-set strategy (its detector learns an 'unknown' class): "
+            "it needs open_set=class_split or open_set=cross_dataset"
+        )
     fal = cfg.get("fal")
     if fal is None:
         raise ConfigError("a query strategy needs the 'fal' config group (fal=standard)")

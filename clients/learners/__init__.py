@@ -12,6 +12,7 @@ from clients.learners import (  # noqa: F401  (register the weak-supervision lea
     fixmatch,
     flexmatch,
     gce,
+    osal,
     proden,
     rc,
     sce,

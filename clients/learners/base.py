@@ -154,6 +154,9 @@ class Learner:
     #: (:mod:`clients.learners.vectorized`): the class itself must declare it (a subclass that
     #: does not falls back to the per-client loop) and implement :meth:`sample_losses`
     vectorizable: ClassVar[bool] = False
+    #: a helper learner (open-set FAL's detectors, chosen by the query strategy): refused as
+    #: ``local`` because it trains on K + 1 classes, the last one "unknown"
+    helper_only: ClassVar[bool] = False
     epochs: Annotated[int, spec(low=1, doc="local epochs per round")] = 1
     batch_size: Annotated[int, spec(low=1, doc="mini-batch size")] = 32
     optimizer: Annotated[str, spec(choices=OPTIMIZERS, doc="created anew every round")] = "sgd"
@@ -294,6 +297,13 @@ def check_local_config(cfg: DictConfig) -> None:
         name, params = local_of(cfg, weak)
         where = "local" if weak.local is None else "weak_labels.groups[].local"
         learner = build_learner(name, params, where=where)
+        if type(learner).helper_only:
+            helpers = sorted(n for n in LOCAL.names() if LOCAL.get(n).helper_only)  # type: ignore[attr-defined]
+            targets = [n for n in LOCAL.names() if n not in helpers]
+            raise ConfigError(
+                f"{where}={name}: a helper learner of open-set detectors ({', '.join(helpers)}), "
+                f"chosen by the query strategy; allowed {where}: {', '.join(targets)}"
+            )
         check_label_kind(name, type(learner), kind)
 
 

@@ -88,6 +88,7 @@ class DetCET(Learner):
     is off, as in the reference's ``--weight-cent 0``)."""
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
+    helper_only: ClassVar[bool] = True  # trains a (K+1)-class detector, never the target
 
     known_T: Annotated[float, spec(low=0, low_open=True, doc="temperature of known samples")] = 0.5
     unknown_T: Annotated[
@@ -112,6 +113,7 @@ class DetEnergy(Learner):
     """
 
     label_kinds: ClassVar[frozenset[str]] = frozenset({"clean", "noisy"})
+    helper_only: ClassVar[bool] = True  # trains a (K+1)-class detector, never the target
 
     energy_weight: Annotated[float, spec(low=0, doc="weight of the energy margin loss")] = 0.01
     m_in: Annotated[float, spec(doc="energy margin of known samples")] = -25.0

@@ -27,11 +27,42 @@ class ModelOutputs:
 
     log_probs: np.ndarray  # [N, C] log-softmax
     features: np.ndarray  # [N, D] penultimate embedding
+    #: raw logits [N, C] (energies and max activations need the offset log-softmax drops)
+    logits: np.ndarray | None = None
 
     @property
     def probs(self) -> np.ndarray:
         """Softmax probabilities ``[N, C]``."""
         return np.exp(self.log_probs)
+
+
+@dataclass
+class QueryContext:
+    """What a strategy needs to train a model at query time on one client.
+
+    Attributes
+    ----------
+    x
+        The client's uint8 images ``[N, C, H, W]`` (the pool, in pool order).
+    mean, std
+        Normalisation of :func:`fedsim.data.to_float`.
+    device
+        Where to train and infer.
+    infer_batch_size
+        Batch size of inference (``fal.infer_batch_size``).
+    target
+        A fresh copy of the received global target model (the strategy may train it in place).
+    seed
+        Seed of this client's cycle (for generators).
+    """
+
+    x: Any
+    mean: Any
+    std: Any
+    device: Any
+    infer_batch_size: int
+    target: Any
+    seed: int
 
 
 @dataclass
@@ -54,6 +85,17 @@ class QueryInputs:
         ``outputs("global" | "local_only" | "last_local")`` -> :class:`ModelOutputs` (cached).
     rbar, divergence
         FairFAL's server-side mean imbalance proxy and this client's divergence (else ``None``).
+    unknown_label
+        Open-set FAL: ``K`` (= ``num_classes``), the label the oracle gives an unknown-class pick
+        (``labels == K`` on the labeled unknowns); ``None`` in closed-set FAL.
+    state
+        Per-client scalars kept across cycles (open-set strategies' adaptive state such as
+        EAOA's ``k``, the last query precision ``last_precision``); the strategy may update it in
+        :meth:`QueryStrategy.select` and the client saves it.
+    context
+        Query-time training (BUAL's negative learning): the client's images and a model factory.
+    diagnostics
+        Scalars or lists the strategy reports (sent to the server as metrics).
     """
 
     labeled: np.ndarray
@@ -65,6 +107,21 @@ class QueryInputs:
     rbar: float | None = None
     divergence: float | None = None
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    unknown_label: int | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+    context: QueryContext | None = None
+
+    @property
+    def unknown(self) -> np.ndarray:
+        """Mask of the labeled samples the oracle answered "unknown" (open set; else all False)."""
+        if self.unknown_label is None:
+            return np.zeros_like(self.labeled)
+        return self.labeled & (self.labels == self.unknown_label)
+
+    @property
+    def labeled_known(self) -> np.ndarray:
+        """Mask of the labeled samples of known classes."""
+        return self.labeled & ~self.unknown
 
     @property
     def unlabeled_idx(self) -> np.ndarray:
@@ -86,6 +143,18 @@ class QueryStrategy:
     """
 
     needs_stats: ClassVar[bool] = False
+    #: open-set strategies: the helper learner (``LOCAL`` name) of the federated (K+1)-class
+    #: detector this strategy reads as ``outputs("detector")``; ``None``: no detector
+    detector: ClassVar[str | None] = None
+    #: whether the strategy needs an open-set pool (``open_set.mode`` other than ``none``)
+    open_set_only: ClassVar[bool] = False
+    #: whether ``select`` needs ``inp.context`` (query-time training)
+    needs_context: ClassVar[bool] = False
+
+    def detector_params(self) -> dict[str, Any]:
+        """Parameters of the detector's helper learner taken from this strategy's own config
+        (e.g. LfOSA's temperatures); the optimizer settings come from ``cfg.local``."""
+        return {}
 
     def models(self) -> set[str]:
         """Query models this strategy reads (besides nothing: ``global`` is always available)."""
@@ -120,8 +189,11 @@ def build_query(name: str, params: Mapping[str, Any]) -> QueryStrategy:
 
 
 from clients.query import basic as _basic  # noqa: E402,F401  (registers the classic strategies)
+from clients.query import bual as _bual  # noqa: E402,F401  (open-set strategies)
+from clients.query import eaoa as _eaoa  # noqa: E402,F401
 from clients.query import fairfal as _fairfal  # noqa: E402,F401
 from clients.query import kafal as _kafal  # noqa: E402,F401
+from clients.query import lfosa as _lfosa  # noqa: E402,F401
 from clients.query import logo as _logo  # noqa: E402,F401
 
 __all__ = [
@@ -129,6 +201,7 @@ __all__ = [
     "QUERY",
     "ModelModeStrategy",
     "ModelOutputs",
+    "QueryContext",
     "QueryInputs",
     "QueryStrategy",
     "build_query",

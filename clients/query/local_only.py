@@ -37,7 +37,7 @@ def infer(
 ) -> ModelOutputs:
     """Log-probabilities and penultimate features of ``model`` on uint8 images ``x`` (eval mode,
     batches of ``batch_size``)."""
-    logps, feats = [], []
+    logps, feats, raw = [], [], []
     for _, (logits, emb) in batched(
         model,
         x,
@@ -49,10 +49,16 @@ def infer(
     ):
         logps.append(F.log_softmax(logits.float(), dim=1).cpu())
         feats.append(emb.float().cpu())
+        raw.append(logits.float().cpu())
     if not logps:
         c = model.num_classes
-        return ModelOutputs(np.zeros((0, c)), np.zeros((0, getattr(model, "embedding_dim", 0))))
-    return ModelOutputs(torch.cat(logps).double().numpy(), torch.cat(feats).double().numpy())
+        empty = np.zeros((0, c))
+        return ModelOutputs(empty, np.zeros((0, getattr(model, "embedding_dim", 0))), empty)
+    return ModelOutputs(
+        torch.cat(logps).double().numpy(),
+        torch.cat(feats).double().numpy(),
+        torch.cat(raw).double().numpy(),
+    )
 
 
 def train_local_only(

@@ -53,7 +53,7 @@ OPEN_SET_MODES = ("none", "class_split", "cross_dataset")
 #: The second entry of every seed sequence drawn here (``default_rng([seed, 0x05E7, i])``).
 OPEN_SET_STREAM = 0x05E7
 
-_COMMON = ("name", "mode", "partition", "unknown_alpha", "detection_test")
+_COMMON = ("name", "mode", "partition", "unknown_alpha", "detection_test", "log_picks")
 _BUDGET = ("initial_ratio", "query_ratio", "cycles")
 _MODE_KEYS: dict[str, tuple[str, ...]] = {
     "class_split": ("num_known", "known_classes", "class_order", "split_seed"),
@@ -73,6 +73,7 @@ DEFAULTS: dict[str, Any] = {
     "partition": "joint",
     "unknown_alpha": 0.5,
     "detection_test": False,
+    "log_picks": False,
     "initial_ratio": 0.02,
     "query_ratio": 0.03,
     "cycles": 6,
@@ -129,6 +130,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "partition": (lambda v: v in ("joint", "separate"), "one of joint, separate"),
     "unknown_alpha": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "detection_test": (lambda v: isinstance(v, bool), "true or false"),
+    "log_picks": (lambda v: isinstance(v, bool), "true or false"),
     "initial_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "query_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "cycles": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

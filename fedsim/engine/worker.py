@@ -119,9 +119,10 @@ class ClientWorker:
             Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=run_config)
         )
         data = rt.data(0)
-        if len(data) >= 2:  # one tiny training call warms up autograd, the optimizer and the
+        usable = torch.nonzero(data.y != data.num_classes).flatten()[:2]  # open set: no unknown
+        if len(usable) >= 2:  # one tiny training call warms up autograd, the optimizer and the
             # allocator; every real call reloads the weights it receives, so this changes nothing
-            tiny = data.subset(torch.arange(2))
+            tiny = data.subset(usable)
             learner = copy.copy(rt.learner_for(0)[1])
             learner.epochs = 1
             learner.train(

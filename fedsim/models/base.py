@@ -130,11 +130,27 @@ def build_model(
 
 def model_for(cfg: Any, data: Any) -> ClassifierModel:
     """The model of a fedsim config (``cfg.model``) shaped for ``data`` (a
-    :class:`~fedsim.data.DatasetArrays`: classes, channels, image size); freshly initialised."""
-    return build_model(
-        str(cfg.model.name),
-        num_classes=data.num_classes,
-        in_channels=data.in_channels,
-        image_size=data.image_size,
-        params=dict(cfg.model.get("params") or {}),
-    )
+    :class:`~fedsim.data.DatasetArrays`: classes, channels, image size); freshly initialised.
+
+    In an open-set FAL run whose query strategy reads a detector
+    (:func:`fedsim.osal.detector_learner`), it is a :class:`~fedsim.models.pair.DetectorPair`:
+    the K-class target, then a (K + 1)-class detector built right after it.
+    """
+
+    def one(num_classes: int) -> ClassifierModel:
+        return build_model(
+            str(cfg.model.name),
+            num_classes=num_classes,
+            in_channels=data.in_channels,
+            image_size=data.image_size,
+            params=dict(cfg.model.get("params") or {}),
+        )
+
+    from fedsim.osal import detector_learner
+
+    target = one(data.num_classes)
+    if detector_learner(cfg) is None:
+        return target
+    from fedsim.models.pair import DetectorPair
+
+    return DetectorPair(target, one(data.num_classes + 1))

@@ -12,6 +12,7 @@ from server.components import (  # noqa: F401  (register)
     defense,
     fal,
     fltrust,
+    open_set_fal,
     ssfl,
     validation,
 )

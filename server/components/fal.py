@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from clients.fal import PHASE_RESTORE, PICKS_KEY
 from clients.query import build_query
 from fedsim import constants as C
 from fedsim.errors import ConfigError
+from fedsim.osal import open_set_spec
 from fedsim.records import array_record
 from fedsim.seeding import derive_seed
 from fedsim.ssfl import ssfl_setting
@@ -83,14 +84,19 @@ class ActiveLearning(Component):
     name = "fal"
     order = 40
     drives_stages = True
-    summary_promises = (C.AULC, C.MEAN_STAGE_ACCURACY, C.STAGE_ACCURACIES, C.LABELED_RATIOS)
+    summary_promises: ClassVar[tuple[str, ...]] = (
+        C.AULC,
+        C.MEAN_STAGE_ACCURACY,
+        C.STAGE_ACCURACIES,
+        C.LABELED_RATIOS,
+    )
 
     def __init__(self) -> None:
         self.st: dict[str, Any] = {}
 
     @classmethod
     def wanted(cls, cfg: DictConfig) -> bool:
-        return cfg.get("query") is not None
+        return cfg.get("query") is not None and open_set_spec(cfg) is None
 
     @classmethod
     def check(cls, cfg: DictConfig) -> None:
@@ -186,6 +192,11 @@ class ActiveLearning(Component):
             "query_tail": [],
             "picks": {p: [] for p in sorted(wf.node_of)},
         }
+
+    def cycle_extras(self, wf: Workflow, replies: list[dict[str, Any]]) -> dict[str, Any]:
+        """More entries of a cycle's record from the clients' select replies (in partition
+        order); closed-set FAL adds none."""
+        return {}
 
     # ---- stages -------------------------------------------------------------------------------
     def num_stages(self, wf: Workflow) -> int:

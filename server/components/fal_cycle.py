@@ -93,4 +93,5 @@ def query_cycle(
     out[C.QUERY_MISSING] = int((st["cum_query"] == 0).sum())
     st["query_tail"] = [*st["query_tail"], qs["tail_share"]]
     st["labeled_hist"] = np.sum([picks[p][C.FAL_LABELED_HIST] for p in order], axis=0)
+    out.update(fal.cycle_extras(wf, [dict(picks[p].items()) for p in order]))
     return out
