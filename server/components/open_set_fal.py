@@ -96,6 +96,50 @@ def cycle_metrics(replies: list[dict[str, Any]], initial_known: int) -> dict[str
     }
 
 
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` rows (Mann-Whitney: the
+    probability that a positive outscores a negative, ties counting one half); NaN without both
+    kinds."""
+    s = np.asarray(scores, dtype=np.float64)
+    pos = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(s, kind="stable")
+    ranks = np.empty(len(s), dtype=np.float64)
+    sorted_s = s[order]
+    i = 0
+    while i < len(s):  # average ranks over ties
+        j = i
+        while j + 1 < len(s) and sorted_s[j + 1] == sorted_s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def detection_aurocs(wf: Workflow, arrays: Any) -> dict[str, float]:
+    """Known-vs-unknown AUROCs on the detection test set (spec section 1.5): the target's maximum
+    softmax probability, and with a detector its known score ``1 - p_D(unknown)``."""
+    import torch
+
+    from clients.query.local_only import infer
+    from fedsim.records import torch_state
+
+    assert wf.federation.detection is not None
+    x, known = wf.federation.detection
+    model = wf.build_model()
+    model.load_state_dict(torch_state(arrays))
+    data = wf.federation.data
+    kw: dict[str, Any] = {"device": wf.device, "batch_size": int(wf.cfg.eval_batch_size)}
+    out = {"auroc_msp": auroc(infer(model, x, data.mean, data.std, **kw).probs.max(1), known)}
+    det = getattr(model, "detector", None)
+    if isinstance(det, torch.nn.Module):
+        p = infer(det, x, data.mean, data.std, **kw).probs  # type: ignore[arg-type]
+        out["auroc_detector"] = auroc(1.0 - p[:, -1], known)
+    return out
+
+
 def _pool_stats(wf: Workflow, order: list[int]) -> list[dict[str, Any]]:
     """Each client's pool: size, known count, unknown share and the (hidden) source-class
     histogram (spec section 1.3; diagnostics only, from the simulated federation)."""
@@ -119,6 +163,29 @@ def _pool_stats(wf: Workflow, order: list[int]) -> list[dict[str, Any]]:
             stats["unknown_share"],
         )
     return out
+
+
+def check_budgets(
+    cfg: DictConfig, pools: list[int], known: list[int], b0: int, b: int, cycles: int
+) -> None:
+    """Refuse empty budgets, or a client whose pool cannot supply its initial pool and every
+    cycle (unless ``fal.allow_shortfall``), with one line."""
+    if b0 < 1 or b < 1:
+        raise ConfigError(
+            f"open-set FAL budgets of {sum(pools)} samples ({sum(known)} known) over "
+            f"{len(pools)} clients are empty (initial {b0}, per cycle {b}): use more data, "
+            "fewer clients or larger open_set.initial_ratio / query_ratio"
+        )
+    if bool(cfg.fal.allow_shortfall):
+        return
+    for pid, (n, kn) in enumerate(zip(pools, known, strict=True)):
+        need = min(b0, kn) + cycles * b
+        if need > n:
+            raise ConfigError(
+                f"open_set.cycles={cycles}: client {pid} holds {n} samples, but its initial "
+                f"pool ({min(b0, kn)}) and {cycles} cycles of {b} need {need}: allowed "
+                f"open_set.cycles <= {(n - min(b0, kn)) // b}, or fal.allow_shortfall=true"
+            )
 
 
 @register
@@ -162,7 +229,20 @@ class OpenSetActiveLearning(ActiveLearning):
 
     @classmethod
     def check_data(cls, cfg: DictConfig, federation: Federation) -> None:
-        return None  # the budgets are checked against the clients' replies (on_nodes)
+        """The budgets against the partition, before any work (again against the clients'
+        replies in :meth:`on_nodes`)."""
+        k = federation.data.num_classes
+        y = federation.data.train_y.numpy()
+        pools = [len(p) for p in federation.partitions]
+        known = [int((y[p] < k).sum()) for p in federation.partitions]
+        spec = open_set_spec(cfg) or {}
+        b0, b = open_set_budgets(
+            pools,
+            known,
+            initial_ratio=float(spec.get("initial_ratio", 0.02)),
+            query_ratio=float(spec.get("query_ratio", 0.03)),
+        )
+        check_budgets(cfg, pools, known, b0, b, int(spec.get("cycles", 6)))
 
     # ---- setup --------------------------------------------------------------------------------
     def on_nodes(self, wf: Workflow, grid: Grid, *, resumed: bool) -> None:
@@ -183,7 +263,7 @@ class OpenSetActiveLearning(ActiveLearning):
             query_ratio=float(spec.get("query_ratio", 0.03)),
         )
         cycles = int(spec.get("cycles", 6))
-        self._check_budgets(cfg, pools, known, b0, b, cycles)
+        check_budgets(cfg, pools, known, b0, b, cycles)
         init = self._ask(
             wf, grid, {C.CONFIG_KEY: {C.FAL_PHASE: C.FAL_PHASE_INIT, C.FAL_BUDGET: b0}}
         )
@@ -226,26 +306,6 @@ class OpenSetActiveLearning(ActiveLearning):
             "pool_stats": _pool_stats(wf, order),
         }
 
-    def _check_budgets(
-        self, cfg: DictConfig, pools: list[int], known: list[int], b0: int, b: int, cycles: int
-    ) -> None:
-        if b0 < 1 or b < 1:
-            raise ConfigError(
-                f"open-set FAL budgets of {sum(pools)} samples ({sum(known)} known) over "
-                f"{len(pools)} clients are empty (initial {b0}, per cycle {b}): use more data, "
-                "fewer clients or larger open_set.initial_ratio / query_ratio"
-            )
-        if bool(cfg.fal.allow_shortfall):
-            return
-        for pid, (n, kn) in enumerate(zip(pools, known, strict=True)):
-            need = min(b0, kn) + cycles * b
-            if need > n:
-                raise ConfigError(
-                    f"open_set.cycles={cycles}: client {pid} holds {n} samples, but its initial "
-                    f"pool ({min(b0, kn)}) and {cycles} cycles of {b} need {need}: allowed "
-                    f"open_set.cycles <= {(n - min(b0, kn)) // b}, or fal.allow_shortfall=true"
-                )
-
     # ---- cycles -------------------------------------------------------------------------------
     def cycle_extras(self, wf: Workflow, replies: list[dict[str, Any]]) -> dict[str, Any]:
         st = self.st
@@ -275,6 +335,10 @@ class OpenSetActiveLearning(ActiveLearning):
         st = self.st
         record["labels_spent_before"] = int(st["spent"][stage])
         record["labeled_known_before"] = int(st["labeled_known"][stage])
+        if wf.federation.detection is not None:
+            aurocs = detection_aurocs(wf, arrays)
+            record.update(aurocs)
+            st["auroc"] = [*st.get("auroc", []), aurocs]
         return record
 
     def summary(self, wf: Workflow, rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -292,5 +356,8 @@ class OpenSetActiveLearning(ActiveLearning):
         out["known_recalls"] = list(st["recall"])
         out["known_size"] = st["known_size"]
         out["client_pools"] = st["pool_stats"]
+        if st.get("auroc"):
+            out["final_auroc_msp"] = st["auroc"][-1]["auroc_msp"]
+            out["final_auroc_detector"] = st["auroc"][-1].get("auroc_detector")
         out["open_set"] = str((open_set_spec(wf.cfg) or {}).get("mode"))
         return out
