@@ -79,9 +79,13 @@ def test_every_component_declares_itself() -> None:
         "defense",
         "fal",
         "fltrust",
+        "open_set_fal",
         "ssfl",
         "validation",
     }
+    osal = compose(["query=lfosa", "open_set=class_split"])
+    assert [c.name for c in build_components(osal)] == ["validation", "open_set_fal"]
+    assert {"mean_query_precision", "final_known_recall", C.AULC} <= promised_keys(osal)[1]
     cfg = compose(["attack=cba", "query=entropy", "defense=dormant_pruning"])
     rounds, summary = promised_keys(cfg)
     assert {C.BACKDOOR_MA, C.BACKDOOR_ASR, C.BACKDOOR_RA, C.VAL_ASR} <= rounds
