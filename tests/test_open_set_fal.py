@@ -122,6 +122,8 @@ OVERRIDES = [
     "open_set=class_split",
     "open_set.log_picks=true",
     "open_set.cycles=2",
+    "num_clients=5",
+    "clients_per_round=5",
     "rounds=2",
     "progress=false",
     "tensorboard=false",
@@ -157,7 +159,8 @@ def test_open_set_run_charges_every_pick_and_reports_true_precision(lfosa_run) -
         initial_ratio=0.02,
         query_ratio=0.03,
     )
-    assert summary["labels_spent"] == [10 * b0, 10 * b0 + 10 * b, 10 * b0 + 20 * b]
+    n = len(fed.partitions)
+    assert n == 5 and summary["labels_spent"] == [n * b0, n * b0 + n * b, n * b0 + 2 * n * b]
     stages = [r for r in metrics if r.get("kind") == "stage"]
     seen: dict[str, set[int]] = {}
     for cycle in (0, 1):
