@@ -21,10 +21,8 @@ Seeded streams (all ``numpy.random.default_rng``; ``seed`` is the run seed):
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -48,183 +46,16 @@ __all__ = [
     "pool_stats",
 ]
 
-OPEN_SET_MODES = ("none", "class_split", "cross_dataset")
-
-#: The second entry of every seed sequence drawn here (``default_rng([seed, 0x05E7, i])``).
-OPEN_SET_STREAM = 0x05E7
-
-_COMMON = ("name", "mode", "partition", "unknown_alpha", "detection_test", "log_picks")
-_BUDGET = ("initial_ratio", "query_ratio", "cycles")
-_MODE_KEYS: dict[str, tuple[str, ...]] = {
-    "class_split": ("num_known", "known_classes", "class_order", "split_seed"),
-    "cross_dataset": ("unknown_dataset", "unknown_ratio"),
-}
-#: Every key of the ``open_set`` group.
-OPEN_SET_KEYS = _COMMON + _MODE_KEYS["class_split"] + _MODE_KEYS["cross_dataset"] + _BUDGET
-
-#: The value of a key the node leaves out (OS-FAL spec 6).
-DEFAULTS: dict[str, Any] = {
-    "num_known": 6,
-    "known_classes": None,
-    "class_order": "natural",
-    "split_seed": 1,
-    "unknown_dataset": "fashion_mnist",
-    "unknown_ratio": 0.4,
-    "partition": "joint",
-    "unknown_alpha": 0.5,
-    "detection_test": False,
-    "log_picks": False,
-    "initial_ratio": 0.02,
-    "query_ratio": 0.03,
-    "cycles": 6,
-}
-
-
-# --- configuration --------------------------------------------------------------------------------
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _get(spec: Mapping[str, Any], key: str) -> Any:
-    return spec[key] if key in spec else DEFAULTS[key]
-
-
-def open_set_mode(spec: Mapping[str, Any] | None) -> str:
-    """The configured mode: ``mode``, else ``name``, else ``"none"`` (also for no node).
-
-    Raises
-    ------
-    ConfigError
-        When the mode is not one of :data:`OPEN_SET_MODES`.
-    """
-    if spec is None:
-        return "none"
-    mode = spec.get("mode")
-    if mode is None:
-        mode = spec.get("name", "none")
-    if mode not in OPEN_SET_MODES:
-        raise invalid("open_set.mode", mode, "one of " + ", ".join(OPEN_SET_MODES))
-    return str(mode)
-
-
-def _num_known(spec: Mapping[str, Any]) -> Any:
-    """``num_known``; left out with ``known_classes`` given, it is their count."""
-    given = spec.get("known_classes")
-    if "num_known" not in spec and isinstance(given, Sequence) and not isinstance(given, str):
-        return len(given)
-    return _get(spec, "num_known")
-
-
-#: key -> (accepts the value, what is allowed); num_known and known_classes depend on C.
-_RULES: dict[str, tuple[Any, str]] = {
-    "class_order": (lambda v: v in ("natural", "seeded"), "one of natural, seeded"),
-    "split_seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "unknown_dataset": (lambda v: isinstance(v, str) and v != "", "a dataset name (a string)"),
-    "unknown_ratio": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
-    "partition": (lambda v: v in ("joint", "separate"), "one of joint, separate"),
-    "unknown_alpha": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
-    "detection_test": (lambda v: isinstance(v, bool), "true or false"),
-    "log_picks": (lambda v: isinstance(v, bool), "true or false"),
-    "initial_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "query_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "cycles": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-}
-
-
-def check_open_set(spec: Mapping[str, Any] | None, num_classes: int) -> None:
-    """Check an ``open_set`` node against a dataset of ``num_classes`` classes.
-
-    Mode ``none`` (or no node) only checks that every key belongs to the group; the other modes
-    also refuse the other mode's keys and check every value, a left-out key taking
-    :data:`DEFAULTS`.
-
-    Parameters
-    ----------
-    spec
-        The ``open_set`` node as a mapping (``None``: the group is absent).
-    num_classes
-        Classes of the configured dataset (C).
-
-    Raises
-    ------
-    ConfigError
-        One line naming the first bad key and what it allows.
-    """
-    mode = open_set_mode(spec)
-    if spec is None:
-        return
-    allowed = OPEN_SET_KEYS if mode == "none" else _COMMON + _MODE_KEYS[mode] + _BUDGET
-    for key in spec:
-        if key not in allowed:
-            keys = ", ".join(allowed)
-            raise ConfigError(
-                f"open_set.{key} does not apply to mode {mode!r}: its keys are {keys}"
-                if key in OPEN_SET_KEYS
-                else f"unknown key open_set.{key}: allowed keys are {keys}"
-            )
-    if not isinstance(spec.get("name", ""), str):
-        raise invalid("open_set.name", spec["name"], "a string")
-    if mode == "none":
-        return
-    if mode == "class_split":
-        _check_known(spec, num_classes)
-    for key in allowed:
-        if key in _RULES and not _RULES[key][0](value := _get(spec, key)):
-            raise invalid(f"open_set.{key}", value, _RULES[key][1])
-
-
-def _check_known(spec: Mapping[str, Any], num_classes: int) -> None:
-    if num_classes < 2:
-        raise ConfigError(
-            f"open_set mode 'class_split' needs at least 2 classes, got {num_classes}"
-        )
-    k = _num_known(spec)
-    if not _is_int(k) or not 1 <= k <= num_classes - 1:
-        raise invalid("open_set.num_known", k, f"an integer in [1, {num_classes - 1}]")
-    given = _get(spec, "known_classes")
-    if given is None:
-        return
-    items = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else None
-    if items is None or not all(_is_int(c) and 0 <= c < num_classes for c in items):
-        allowed = f"null or a list of distinct integers in [0, {num_classes - 1}]"
-        raise invalid("open_set.known_classes", given, allowed)
-    if len(set(items)) != len(items):
-        raise invalid("open_set.known_classes", items, "distinct classes (one is repeated)")
-    if len(items) != k:
-        allowed = f"a list of open_set.num_known={k} classes (set num_known to its length)"
-        raise invalid("open_set.known_classes", items, allowed)
-
-
-def known_classes(spec: Mapping[str, Any] | None, num_classes: int) -> list[int]:
-    """The sorted source classes that are known.
-
-    class_split: ``known_classes`` if given; else ``natural`` gives ``0 .. K-1`` and ``seeded``
-    the first K of ``default_rng(split_seed).permutation(num_classes)``, sorted. The other modes
-    know every class.
-
-    Raises
-    ------
-    ConfigError
-        When the node is invalid (:func:`check_open_set`).
-    """
-    check_open_set(spec, num_classes)
-    if spec is None or open_set_mode(spec) != "class_split":
-        return list(range(num_classes))
-    given = _get(spec, "known_classes")
-    if given is not None:
-        return sorted(int(c) for c in given)
-    k = int(_num_known(spec))
-    if _get(spec, "class_order") == "natural":
-        return list(range(k))
-    perm = np.random.default_rng(int(_get(spec, "split_seed"))).permutation(num_classes)
-    return sorted(int(c) for c in perm[:k])
-
+from fedsim.data.open_set_config import (  # noqa: E402,F401  (re-exported)
+    DEFAULTS,
+    OPEN_SET_KEYS,
+    OPEN_SET_MODES,
+    OPEN_SET_STREAM,
+    check_open_set,
+    known_classes,
+    open_set_mode,
+    setting,
+)
 
 # --- the pool -------------------------------------------------------------------------------------
 
@@ -328,12 +159,12 @@ def build_open_set(
     mode = open_set_mode(spec)
     if mode == "none":
         raise ValueError("build_open_set: open_set mode is 'none' (closed-set run)")
-    detect = bool(_get(spec, "detection_test"))
+    detect = bool(setting(spec, "detection_test"))
     if mode == "class_split":
         return _class_split(data, known_classes(spec, c), seed, detect)
     if unknown is None:
         raise ValueError("build_open_set: mode 'cross_dataset' needs the unknown dataset")
-    ratio = float(_get(spec, "unknown_ratio"))
+    ratio = float(setting(spec, "unknown_ratio"))
     return _cross_dataset(data, unknown, ratio, pool_size, seed, detect)
 
 
@@ -455,7 +286,11 @@ def partition_open_set(
         return partition_dataset(name, source_y, num_clients, seed, params)
     if how != "separate":
         raise invalid("open_set.partition", how, "one of joint, separate")
-    if not _is_number(unknown_alpha) or unknown_alpha <= 0:
+    if (
+        isinstance(unknown_alpha, bool)
+        or not isinstance(unknown_alpha, int | float)
+        or not 0 < unknown_alpha < float("inf")
+    ):
         raise invalid("open_set.unknown_alpha", unknown_alpha, "a finite number > 0")
     kn = np.flatnonzero(~is_unknown)
     unk = np.flatnonzero(is_unknown)
