@@ -185,6 +185,8 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
                 model = global_model
             elif kind == "detector":
                 model = getattr(global_model, "detector", None)
+                if model is None and open_set:  # open_set.detector=local
+                    model = osal.local_detector(rt, data, mask, cycle=cycle, pid=pid)
                 if model is None:
                     raise RuntimeError(f"partition {pid}: the global model has no detector")
             else:

@@ -150,3 +150,31 @@ def train_detector(
 def is_open_set(cfg: Any) -> bool:
     """Whether ``cfg`` is an open-set FAL run."""
     return open_set_spec(cfg) is not None and cfg.get("query") is not None
+
+
+def local_detector(
+    rt: Any, data: ClientData, mask: np.ndarray, *, cycle: int, pid: int, lr_scale: float = 1.0
+) -> torch.nn.Module:
+    """``open_set.detector=local``: a (K+1)-class detector trained on this client's labeled set
+    alone, at query time, for ``open_set.detector_epochs`` epochs; it never leaves the client.
+
+    Every client starts from the same initialisation θ_D0, drawn from the run seed and the cycle
+    (the spec ships θ_D0; a seed gives every client the same weights without a message)."""
+    from fedsim.models import build_model
+    from fedsim.seeding import derive_seed
+
+    cfg = rt.cfg
+    spec = open_set_spec(cfg) or {}
+    torch.manual_seed(derive_seed(rt.seed, cycle, 0xDE70))
+    model = build_model(
+        str(cfg.model.name),
+        num_classes=data.num_classes + 1,
+        in_channels=int(data.x.shape[1]),
+        image_size=int(data.x.shape[2]),
+        params=dict(cfg.model.get("params") or {}),
+    ).to(rt.device)
+    learner = copy.copy(detector_trainer(cfg, rt.detector_learners, lr_scale))
+    learner.epochs = int(spec.get("detector_epochs", 20))
+    generator = torch.Generator().manual_seed(derive_seed(rt.seed, cycle, pid, 0xDE71))
+    learner.train(model, detector_data(data, mask), device=rt.device, generator=generator)
+    return model

@@ -12,7 +12,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-__all__ = ["check_open_set_run", "detector_learner", "open_set_spec"]
+__all__ = ["check_open_set_run", "detector_learner", "federated_detector", "open_set_spec"]
 
 
 def open_set_spec(cfg: DictConfig | Any) -> dict[str, Any] | None:
@@ -41,6 +41,14 @@ def detector_learner(cfg: DictConfig | Any) -> str | None:
         return None  # validation reports the unknown name
     det = getattr(QUERY.get(name), "detector", None)
     return None if det is None else str(det)
+
+
+def federated_detector(cfg: DictConfig | Any) -> str | None:
+    """:func:`detector_learner` when the detector is federated (``open_set.detector``, default
+    ``federated``: it travels with the target in one state dict), else ``None``."""
+    name = detector_learner(cfg)
+    spec = open_set_spec(cfg) or {}
+    return name if str(spec.get("detector", "federated")) == "federated" else None
 
 
 def check_open_set_run(cfg: DictConfig | Any) -> None:

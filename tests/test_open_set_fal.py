@@ -77,6 +77,19 @@ def test_pick_metrics_charge_unknown_picks_and_count_the_pool() -> None:
     assert m["known_count"] == 4
 
 
+def test_only_a_federated_detector_travels_with_the_target() -> None:
+    from fedsim.models import model_for
+
+    base = ["query=lfosa", "open_set=class_split"]
+    fed = build_federation(compose(base))
+    assert isinstance(model_for(compose(base), fed.data), DetectorPair)
+    local = model_for(compose([*base, "open_set.detector=local"]), fed.data)
+    assert not isinstance(local, DetectorPair) and local.num_classes == 6
+    assert not isinstance(
+        model_for(compose(["query=entropy", "open_set=class_split"]), fed.data), DetectorPair
+    )
+
+
 def test_detector_pair_is_the_target_outside_and_both_in_its_state() -> None:
     torch.manual_seed(0)
     kw: dict[str, Any] = {"in_channels": 1, "image_size": 8, "params": {"hidden": [8]}}
@@ -204,6 +217,7 @@ def test_open_set_run_is_deterministic(lfosa_run, tmp_path: Path) -> None:
         ("lfosa", ("open_set=cross_dataset", "dataset=mnist", "dataset.root=../shared/data",
                    "max_train_samples=3000", "open_set.unknown_ratio=0.6")),
         ("eaoa", ("engine=flower",)),  # the query phase over Flower's own message path
+        ("lfosa", ("open_set.detector=local", "open_set.detector_epochs=2")),
     ],
 )  # fmt: skip
 def test_other_open_set_strategies_end_to_end(query: str, extra: tuple, tmp_path: Path) -> None:
@@ -231,6 +245,7 @@ def test_other_open_set_strategies_end_to_end(query: str, extra: tuple, tmp_path
         (["query=entropy", "open_set=class_split", "open_set.mode=other"], r"open_set.mode"),
         (["query=entropy", "open_set=class_split", "attack=cba"], r"attack=cba.*allowed attack=none"),
         (["query=random", "local=det_ce_t"], r"local=det_ce_t: a helper learner"),
+        (["query=lfosa", "open_set=class_split", "open_set.detector=shared"], r"open_set.detector"),
         (["query=lfosa", "open_set=class_split", "query.known_T=0"], r"query.known_T"),
         (["query=bual", "open_set=class_split", "query.nl_early_stop=oracle"], r"nl_early_stop"),
         (

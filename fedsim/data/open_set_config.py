@@ -28,7 +28,16 @@ OPEN_SET_MODES = ("none", "class_split", "cross_dataset")
 #: The second entry of every seed sequence drawn here (``default_rng([seed, 0x05E7, i])``).
 OPEN_SET_STREAM = 0x05E7
 
-_COMMON = ("name", "mode", "partition", "unknown_alpha", "detection_test", "log_picks")
+_COMMON = (
+    "name",
+    "mode",
+    "partition",
+    "unknown_alpha",
+    "detection_test",
+    "log_picks",
+    "detector",
+    "detector_epochs",
+)
 _BUDGET = ("initial_ratio", "query_ratio", "cycles")
 _MODE_KEYS: dict[str, tuple[str, ...]] = {
     "class_split": ("num_known", "known_classes", "class_order", "split_seed"),
@@ -49,6 +58,8 @@ DEFAULTS: dict[str, Any] = {
     "unknown_alpha": 0.5,
     "detection_test": False,
     "log_picks": False,
+    "detector": "federated",
+    "detector_epochs": 20,
     "initial_ratio": 0.02,
     "query_ratio": 0.03,
     "cycles": 6,
@@ -107,6 +118,8 @@ _RULES: dict[str, tuple[Any, str]] = {
     "unknown_alpha": (lambda v: _is_number(v) and v > 0, "a finite number > 0"),
     "detection_test": (lambda v: isinstance(v, bool), "true or false"),
     "log_picks": (lambda v: isinstance(v, bool), "true or false"),
+    "detector": (lambda v: v in ("federated", "local"), "one of federated, local"),
+    "detector_epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "initial_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "query_ratio": (lambda v: _is_number(v) and 0 < v <= 1, "a number in (0, 1]"),
     "cycles": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

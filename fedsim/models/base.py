@@ -132,8 +132,8 @@ def model_for(cfg: Any, data: Any) -> ClassifierModel:
     """The model of a fedsim config (``cfg.model``) shaped for ``data`` (a
     :class:`~fedsim.data.DatasetArrays`: classes, channels, image size); freshly initialised.
 
-    In an open-set FAL run whose query strategy reads a detector
-    (:func:`fedsim.osal.detector_learner`), it is a :class:`~fedsim.models.pair.DetectorPair`:
+    In an open-set FAL run whose query strategy reads a federated detector
+    (:func:`fedsim.osal.federated_detector`), it is a :class:`~fedsim.models.pair.DetectorPair`:
     the K-class target, then a (K + 1)-class detector built right after it.
     """
 
@@ -146,10 +146,10 @@ def model_for(cfg: Any, data: Any) -> ClassifierModel:
             params=dict(cfg.model.get("params") or {}),
         )
 
-    from fedsim.osal import detector_learner
+    from fedsim.osal import federated_detector
 
     target = one(data.num_classes)
-    if detector_learner(cfg) is None:
+    if federated_detector(cfg) is None:
         return target
     from fedsim.models.pair import DetectorPair
 
