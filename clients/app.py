@@ -338,6 +338,8 @@ def train(msg: Message, context: Context) -> Message:
             device=rt.device,
             seed=job.seed,
             lr_scale=float(job.config.get(FAL_LR_SCALE, 1.0)),  # type: ignore[arg-type]
+            context=context,
+            stage=int(job.config.get(osal.STAGE_KEY, 0)),  # type: ignore[arg-type]
         )
         result.num_examples = n  # FedAvg weight of the composite: |L^kn| + |L^unk|
     return finish_train(job, model, result)

@@ -21,6 +21,8 @@ from fedsim.data.client_data import ClientData
 from fedsim.osal import detector_learner, open_set_spec
 
 STATE_KEY = "osal-state"  # ConfigRecord in Context.state: the strategy's adaptive scalars
+DETECTOR_STATE_KEY = "osal-detector-state"  # ConfigRecord: the detector learner's own state
+STAGE_KEY = "osal-stage"  # train config: the FAL stage (the detector's state restarts with it)
 
 __all__ = [
     "STATE_KEY",
@@ -137,13 +139,27 @@ def train_detector(
     device: torch.device,
     seed: int,
     lr_scale: float = 1.0,
+    context: Context | None = None,
+    stage: int | None = None,
 ) -> int:
     """Train the pair's detector in place on the client's labeled samples (known and unknown);
-    returns their count (the composite model's FedAvg weight, spec section 2)."""
+    returns their count (the composite model's FedAvg weight, spec section 2).
+
+    The learner's per-client state (E2OAL's annealing epoch count) lives in ``context.state``
+    and restarts with each stage, whose detector starts from a fresh initialisation."""
     ddata = detector_data(data, mask)
     learner = detector_trainer(cfg, learners, lr_scale)
     generator = torch.Generator().manual_seed(seed ^ 0xDE7EC7)
-    learner.train(detector, ddata, device=device, generator=generator)
+    state: dict[str, Any] = {}
+    if context is not None and DETECTOR_STATE_KEY in context.state.config_records:
+        state = dict(context.state.config_records[DETECTOR_STATE_KEY])
+        if state.get(STAGE_KEY) != stage:
+            state = {}
+    learner.train(detector, ddata, device=device, generator=generator, state=state)
+    if context is not None:
+        state[STAGE_KEY] = -1 if stage is None else int(stage)
+        plain = {k: v for k, v in state.items() if isinstance(v, int | float | str | bool)}
+        context.state[DETECTOR_STATE_KEY] = ConfigRecord(plain)  # type: ignore[arg-type]
     return len(ddata)
 
 
@@ -176,5 +192,6 @@ def local_detector(
     learner = copy.copy(detector_trainer(cfg, rt.detector_learners, lr_scale))
     learner.epochs = int(spec.get("detector_epochs", 20))
     generator = torch.Generator().manual_seed(derive_seed(rt.seed, cycle, pid, 0xDE71))
-    learner.train(model, detector_data(data, mask), device=rt.device, generator=generator)
+    ddata = detector_data(data, mask)
+    learner.train(model, ddata, device=rt.device, generator=generator, state={})
     return model

@@ -156,7 +156,7 @@ CASES = [
         "parameter 'bogus' for defense 'flain'",
         "mode, k_init, k_step",
     ),
-    ("query=nosuch", "Could not find 'query/nosuch'", "badge bual coreset"),
+    ("query=nosuch", "Could not find 'query/nosuch'", "badge bual coreset e2oal eaoa"),
     ("query=lfosa open_set=nosuch", "Could not find 'open_set/nosuch'", "class_split"),
     ("query=entropy fal.end_ratio=2", "invalid fal.end_ratio=", "a number in (0, 1]"),
     ("query=entropy fal.initial_ratio=abc", "invalid fal.initial_ratio=", "a number in (0, 1]"),

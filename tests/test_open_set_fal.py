@@ -210,6 +210,7 @@ def test_open_set_run_is_deterministic(lfosa_run, tmp_path: Path) -> None:
     ("query", "extra"),
     [
         ("eaoa", ()),
+        ("e2oal", ("local.epochs=2",)),
         ("bual", ("query.nl_epochs=4", "query.probe_every=2")),
         ("entropy", ()),
         ("fairfal", ()),

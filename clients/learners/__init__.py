@@ -8,6 +8,7 @@ from clients.learners import (  # noqa: F401  (register the weak-supervision lea
     cc,
     coteaching,
     dpc,
+    edl,
     fedlabel,
     fixmatch,
     flexmatch,

@@ -190,6 +190,7 @@ def build_query(name: str, params: Mapping[str, Any]) -> QueryStrategy:
 
 from clients.query import basic as _basic  # noqa: E402,F401  (registers the classic strategies)
 from clients.query import bual as _bual  # noqa: E402,F401  (open-set strategies)
+from clients.query import e2oal as _e2oal  # noqa: E402,F401
 from clients.query import eaoa as _eaoa  # noqa: E402,F401
 from clients.query import fairfal as _fairfal  # noqa: E402,F401
 from clients.query import kafal as _kafal  # noqa: E402,F401

@@ -306,6 +306,11 @@ class OpenSetActiveLearning(ActiveLearning):
             "pool_stats": _pool_stats(wf, order),
         }
 
+    def train_config(self, wf: Workflow, server_round: int) -> dict[str, Any]:
+        from clients.osal import STAGE_KEY
+
+        return {**super().train_config(wf, server_round), STAGE_KEY: int(wf.stage)}
+
     # ---- cycles -------------------------------------------------------------------------------
     def cycle_extras(self, wf: Workflow, replies: list[dict[str, Any]]) -> dict[str, Any]:
         st = self.st
