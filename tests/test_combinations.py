@@ -128,3 +128,19 @@ def test_every_option_pair_is_checked_with_one_line(tmp_path: Path) -> None:
             checked += 1
     assert checked == sum(len(nodes[a]) * len(nodes[b]) for a, b in PAIRS)
     assert 0 < refused < checked
+
+
+#: open-set FAL with each group's first representative (slow: 8 more end-to-end runs)
+OPEN_SET = [
+    "open_set=class_split",
+    "query=lfosa",
+    "open_set.cycles=1",
+    "open_set.initial_ratio=0.05",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", GROUPS)
+def test_open_set_with_every_group_runs_or_is_refused(group: str, tmp_path: Path) -> None:
+    rep = [o for o in REPRESENTATIVES[group][0] if not o.startswith(("query=", "fal."))]
+    _check([*OPEN_SET, *rep], tmp_path / "run")
