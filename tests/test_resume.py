@@ -37,6 +37,11 @@ CASES: dict[str, tuple[list[str], int]] = {
     "defense": (["attack=cba", "attack.mcr=0.5", "defense=dormant_pruning", *TRIGGER], 3),
     "fal_mid_stage": (FAL, 3),
     "fal_stage_end": ([*FAL, "query=margin"], 4),
+    "open_set_mid_stage": (
+        [*FAL, "query=lfosa", "open_set=class_split", "open_set.log_picks=true"]
+        + ["open_set.cycles=2", "open_set.initial_ratio=0.05"],
+        3,
+    ),
 }
 FAST = ("foolsgold", "fal_mid_stage", "ssfl")
 TIMING = {C.ROUND_SECONDS, C.WALL_SECONDS, C.TIMESTAMP}
