@@ -262,3 +262,13 @@ def test_bad_open_set_input_is_one_clear_line(overrides: list[str], pattern: str
         prepare(cfg)
     assert "\n" not in str(info.value)
     assert re.search(pattern, str(info.value)), str(info.value)
+
+
+def test_resuming_without_logged_picks_is_refused_in_one_line() -> None:
+    from server.components.open_set_fal import OpenSetActiveLearning
+
+    overrides = ["query=lfosa", "open_set=class_split", "resume=outputs/some_run"]
+    with pytest.raises(ConfigError, match=r"resume with open_set.log_picks=false") as info:
+        OpenSetActiveLearning.check(compose(overrides))
+    assert "\n" not in str(info.value)
+    OpenSetActiveLearning.check(compose([*overrides, "open_set.log_picks=true"]))  # allowed
