@@ -44,9 +44,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from clients.query import QUERY, QueryInputs, QueryStrategy
-from clients.query.common import top_k
 from clients.query.lfosa import raw_logits
-from clients.query.osal_math import gmm_posterior
+from clients.query.osal_math import bucket_pick, gmm_posterior
 from fedsim.errors import ConfigError, invalid
 
 __all__ = [
@@ -213,23 +212,9 @@ def e2oal_select(
     purity = np.asarray(purity, dtype=np.float64)
     info = np.asarray(info, dtype=np.float64)
     pi = np.asarray(pi, dtype=np.float64)
-    pred = np.asarray(pred)
     b = min(int(budget), len(purity))
-    if b <= 0:
-        return np.zeros(0, dtype=np.int64), 0
     n_cand = math.ceil(int(length) / num_known)
-    n_pc = math.ceil(b / num_known)
-    chosen = [np.zeros(0, dtype=np.int64)]
-    for i in range(num_known):
-        bucket = np.flatnonzero(pred == i)
-        cand = bucket[top_k(purity[bucket], n_cand)]
-        chosen.append(cand[top_k(info[cand], n_pc)])
-    union = rng.permutation(np.concatenate(chosen).astype(np.int64))[:b]
-    shortfall = b - len(union)
-    if shortfall > 0:
-        rest = np.setdiff1d(np.arange(len(purity)), union)
-        union = np.concatenate([union, rest[top_k(pi[rest] * info[rest], shortfall)]])
-    return union.astype(np.int64), int(shortfall)
+    return bucket_pick(purity, info, np.asarray(pred), num_known, b, n_cand, rng, pi * info)
 
 
 def update_tau(tau: float, precision: float, target: float) -> float:

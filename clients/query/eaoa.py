@@ -22,9 +22,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from clients.query import QUERY, QueryInputs, QueryStrategy
-from clients.query.common import top_k
 from clients.query.lfosa import raw_logits
-from clients.query.osal_math import gmm_posterior, minmax
+from clients.query.osal_math import bucket_pick, gmm_posterior, minmax
 from fedsim.errors import invalid
 
 __all__ = [
@@ -215,23 +214,11 @@ def eaoa_select(
     """
     p_clean = np.asarray(p_clean, dtype=np.float64)
     p_info = np.asarray(p_info, dtype=np.float64)
-    pred = np.asarray(pred)
     b = min(int(budget), len(p_clean))
-    if b <= 0:
-        return np.zeros(0, dtype=np.int64), 0
-    n_pc = math.ceil(b / num_known)
-    chosen = []
-    for i in range(num_known):
-        bucket = np.flatnonzero(pred == i)
-        cand = bucket[top_k(p_clean[bucket], n_pc * int(k_t))]
-        chosen.append(cand[top_k(p_info[cand], n_pc)])
-    union = np.concatenate(chosen).astype(np.int64) if chosen else np.zeros(0, np.int64)
-    union = rng.permutation(union)[:b]
-    shortfall = b - len(union)
-    if shortfall > 0:
-        rest = np.setdiff1d(np.arange(len(p_clean)), union)
-        union = np.concatenate([union, rest[top_k(p_clean[rest] * p_info[rest], shortfall)]])
-    return union.astype(np.int64), int(shortfall)
+    n_cand = math.ceil(max(b, 1) / num_known) * int(k_t)
+    return bucket_pick(
+        p_clean, p_info, np.asarray(pred), num_known, b, n_cand, rng, p_clean * p_info
+    )
 
 
 def update_k(k: int, precision: float, target: float, tol: float, step: int) -> int:

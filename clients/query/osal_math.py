@@ -7,9 +7,11 @@ them on hand-made arrays.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-__all__ = ["gmm_posterior", "minmax", "precision_recall"]
+__all__ = ["bucket_pick", "gmm_posterior", "minmax", "precision_recall"]
 
 
 def minmax(values: np.ndarray) -> np.ndarray:
@@ -91,3 +93,43 @@ def precision_recall(
     prec = picked_known / picked if picked else float("nan")
     rec = labeled_known / known_total if known_total else float("nan")
     return float(prec), float(rec)
+
+
+def bucket_pick(
+    candidate: np.ndarray,
+    info: np.ndarray,
+    pred: np.ndarray,
+    num_known: int,
+    budget: int,
+    n_cand: int,
+    rng: np.random.Generator,
+    topup: np.ndarray,
+) -> tuple[np.ndarray, int]:
+    """The per-class two-stage pick of EAOA and E2OAL (spec sections 4.3 step 5, 4.4 step 5).
+
+    For each known class ``i`` (``pred == i``): the top ``n_cand`` by ``candidate``, then the top
+    ``ceil(budget / K)`` of those by ``info``. The union is shuffled with ``rng`` and cut to
+    ``budget``; a short union is topped up with the unpicked rows of highest ``topup`` (quirk Q8).
+
+    Returns
+    -------
+    picks, shortfall
+        ``min(budget, N)`` distinct row positions, and how many the union lacked.
+    """
+    from clients.query.common import top_k
+
+    b = min(int(budget), len(candidate))
+    if b <= 0:
+        return np.zeros(0, dtype=np.int64), 0
+    n_pc = math.ceil(b / num_known)
+    chosen = [np.zeros(0, dtype=np.int64)]
+    for i in range(num_known):
+        bucket = np.flatnonzero(pred == i)
+        cand = bucket[top_k(candidate[bucket], n_cand)]
+        chosen.append(cand[top_k(info[cand], n_pc)])
+    union = rng.permutation(np.concatenate(chosen).astype(np.int64))[:b]
+    shortfall = b - len(union)
+    if shortfall > 0:
+        rest = np.setdiff1d(np.arange(len(candidate)), union)
+        union = np.concatenate([union, rest[top_k(topup[rest], shortfall)]])
+    return union.astype(np.int64), int(shortfall)
