@@ -16,6 +16,7 @@ from fedsim.registries import config_check, data_check
 from server import defenses as _defenses  # noqa: F401  (registers the defenses)
 from server import study_reports_backdoor as _study_reports_backdoor  # noqa: F401  (report sections)
 from server import study_reports_fal as _study_reports_fal  # noqa: F401  (report sections)
+from server import study_reports_osal as _study_reports_osal  # noqa: F401  (report sections)
 from server.backdoor_eval import check_attack_data, check_backdoor_config
 from server.fal_math import validate_fal
 
