@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ NAN = math.nan
 
 
 def test_client_matrix_pads_and_skips_records_without_the_key() -> None:
-    recs = [{"x": [1, 2]}, {"y": 0}, {"x": [3, None, 5]}]
+    recs: list[dict[str, Any]] = [{"x": [1, 2]}, {"y": 0}, {"x": [3, None, 5]}]
     m = osal.client_matrix(recs, "x")
     assert m.shape == (2, 3)
     assert m[0, :2].tolist() == [1.0, 2.0] and math.isnan(m[0, 2]) and math.isnan(m[1, 1])
