@@ -254,7 +254,7 @@ def handle(msg: Message, context: Context, rt: Any, pid: int) -> Message:
         C.FAL_QUERY_HIST: class_histogram(labels[known_picks], num_classes),
         **_hists(labels, mask, num_classes),
     }
-    if not open_set or bool(cfg.open_set.get("log_picks", False)):
+    if not open_set or bool(cfg.open_set.log_picks):
         metrics["picks"] = [int(i) for i in picks]  # positions in this client's partition
     if open_set:
         om = osal.pick_metrics(labels, before, picks, num_classes)

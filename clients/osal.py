@@ -190,7 +190,7 @@ def local_detector(
         params=dict(cfg.model.get("params") or {}),
     ).to(rt.device)
     learner = copy.copy(detector_trainer(cfg, rt.detector_learners, lr_scale))
-    learner.epochs = int(spec.get("detector_epochs", 20))
+    learner.epochs = int(spec["detector_epochs"])
     generator = torch.Generator().manual_seed(derive_seed(rt.seed, cycle, pid, 0xDE71))
     ddata = detector_data(data, mask)
     learner.train(model, ddata, device=rt.device, generator=generator, state={})

@@ -151,8 +151,8 @@ def _build(key: str) -> Federation:
             labels[keep] == data.num_classes,
             spec["num_clients"],
             seed,
-            how=str(spec["open_set"].get("partition", "joint")),
-            unknown_alpha=float(spec["open_set"].get("unknown_alpha", 0.5)),
+            how=str(spec["open_set"]["partition"]),
+            unknown_alpha=float(spec["open_set"]["unknown_alpha"]),
         )
     partitions = tuple(np.asarray(keep[p], dtype=np.int64) for p in local)
     # Weak labels: per client, seeded by (seed, partition id), after partitioning (spec section 4).

@@ -44,11 +44,13 @@ def detector_learner(cfg: DictConfig | Any) -> str | None:
 
 
 def federated_detector(cfg: DictConfig | Any) -> str | None:
-    """:func:`detector_learner` when the detector is federated (``open_set.detector``, default
+    """:func:`detector_learner` when the detector is federated (``open_set.detector`` is
     ``federated``: it travels with the target in one state dict), else ``None``."""
     name = detector_learner(cfg)
-    spec = open_set_spec(cfg) or {}
-    return name if str(spec.get("detector", "federated")) == "federated" else None
+    spec = open_set_spec(cfg)
+    if name is None or spec is None:
+        return None
+    return name if str(spec["detector"]) == "federated" else None
 
 
 def check_open_set_run(cfg: DictConfig | Any) -> None:

@@ -14,7 +14,6 @@ from omegaconf import OmegaConf
 
 from fedsim.data.datasets import DatasetArrays, _build, _channel_stats
 from fedsim.data.open_set import (
-    DEFAULTS,
     OPEN_SET_STREAM,
     build_open_set,
     check_open_set,
@@ -22,6 +21,7 @@ from fedsim.data.open_set import (
     partition_open_set,
     pool_stats,
 )
+from fedsim.data.open_set_config import mode_keys
 from fedsim.data.partition import partition_dataset
 from fedsim.errors import ConfigError
 
@@ -67,12 +67,19 @@ TEN = _dataset("ten", _labels([3] * 10, 6), _labels([1] * 10, 7), 10, 1, 3)
 OTHER = _dataset("other", _labels([30, 20], 2), _labels([15, 25], 3), 2, 2, 1)
 
 
+def _preset(name: str) -> dict[str, Any]:
+    """The group's yaml (the one source of its defaults) as a plain dict."""
+    raw = OmegaConf.to_container(OmegaConf.load(CONF / f"{name}.yaml"))
+    assert isinstance(raw, dict)
+    return {str(k): v for k, v in raw.items()}
+
+
 def _split(**kw: Any) -> dict[str, Any]:
-    return {"name": "class_split", "mode": "class_split", **kw}
+    return {**_preset("class_split"), **kw}
 
 
 def _cross(**kw: Any) -> dict[str, Any]:
-    return {"name": "cross_dataset", "mode": "cross_dataset", **kw}
+    return {**_preset("cross_dataset"), **kw}
 
 
 # --- class split ----------------------------------------------------------------------------------
@@ -109,7 +116,7 @@ def test_explicit_known_classes_win_and_map_in_sorted_order() -> None:
     test = [lut[c] for c in BASE.test_y.tolist() if c in (1, 3)]
     assert od.data.test_y.tolist() == test and od.known == (1, 3)
     # without num_known, its value is the list's length
-    assert known_classes(_split(known_classes=[4, 0, 2]), 5) == [0, 2, 4]
+    assert known_classes(_split(num_known=3, known_classes=[4, 0, 2]), 5) == [0, 2, 4]
 
 
 def test_the_seeded_class_order_depends_on_split_seed_only() -> None:
@@ -308,16 +315,17 @@ def test_pool_stats_by_hand() -> None:
 
 
 @pytest.mark.parametrize("preset", ["none", "class_split", "cross_dataset"])
-def test_the_presets_pass_document_every_key_and_match_the_defaults(preset: str) -> None:
+def test_the_presets_pass_hold_every_key_of_their_mode_and_document_them(preset: str) -> None:
     path = CONF / f"{preset}.yaml"
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    assert isinstance(raw, dict)
-    node = {str(k): v for k, v in raw.items()}
+    node = _preset(preset)
     assert node["name"] == node["mode"] == preset
     check_open_set(node, 10)
-    for key, value in node.items():
-        if key not in ("name", "mode"):
-            assert value == DEFAULTS[key], key
+    assert set(node) == set(mode_keys(preset))
+    if preset != "none":  # the two modes share their common keys' defaults
+        other = _preset("cross_dataset" if preset == "class_split" else "class_split")
+        assert {k: node[k] for k in node if k in other and k not in ("name", "mode")} == {
+            k: other[k] for k in node if k in other and k not in ("name", "mode")
+        }
     text = path.read_text().splitlines()
     lines = [ln for ln in text if ln.strip() and not ln.startswith(("#", "name:"))]
     assert all("#" in ln for ln in lines), "every key has a comment"
@@ -329,7 +337,7 @@ def test_the_presets_pass_document_every_key_and_match_the_defaults(preset: str)
 
 def test_good_nodes_pass() -> None:
     check_open_set(None, 10)
-    check_open_set({"name": "class_split"}, 10)  # mode from the name, defaults for the rest
+    check_open_set({k: v for k, v in _split().items() if k != "mode"}, 10)  # mode from the name
     check_open_set(_split(num_known=9, known_classes=list(range(9))), 10)
     check_open_set(_cross(unknown_ratio=0.8, partition="separate", cycles=1, query_ratio=1), 10)
 
@@ -373,6 +381,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
     (_cross(num_known=6), "open_set.num_known does not apply to mode 'cross_dataset'"),
     (_split(unknown_ratio=0.4), "open_set.unknown_ratio does not apply to mode 'class_split'"),
     ({"name": 3, "mode": "none"}, "open_set.name"),
+    (
+        {"mode": "class_split", "num_known": 3},
+        "open_set mode 'class_split' is missing key.*known_classes",
+    ),
+    ({k: v for k, v in _cross().items() if k != "cycles"}, "missing key.*cycles: select the group"),
 ]
 
 

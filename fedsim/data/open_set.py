@@ -33,7 +33,6 @@ from fedsim.data.partition import partition_dataset
 from fedsim.errors import ConfigError, invalid
 
 __all__ = [
-    "DEFAULTS",
     "OPEN_SET_KEYS",
     "OPEN_SET_MODES",
     "OPEN_SET_STREAM",
@@ -47,14 +46,12 @@ __all__ = [
 ]
 
 from fedsim.data.open_set_config import (  # noqa: E402,F401  (re-exported)
-    DEFAULTS,
     OPEN_SET_KEYS,
     OPEN_SET_MODES,
     OPEN_SET_STREAM,
     check_open_set,
     known_classes,
     open_set_mode,
-    setting,
 )
 
 # --- the pool -------------------------------------------------------------------------------------
@@ -159,12 +156,12 @@ def build_open_set(
     mode = open_set_mode(spec)
     if mode == "none":
         raise ValueError("build_open_set: open_set mode is 'none' (closed-set run)")
-    detect = bool(setting(spec, "detection_test"))
+    detect = bool(spec["detection_test"])
     if mode == "class_split":
         return _class_split(data, known_classes(spec, c), seed, detect)
     if unknown is None:
         raise ValueError("build_open_set: mode 'cross_dataset' needs the unknown dataset")
-    ratio = float(setting(spec, "unknown_ratio"))
+    ratio = float(spec["unknown_ratio"])
     return _cross_dataset(data, unknown, ratio, pool_size, seed, detect)
 
 

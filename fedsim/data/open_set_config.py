@@ -13,14 +13,13 @@ import numpy as np
 from fedsim.errors import ConfigError, invalid
 
 __all__ = [
-    "DEFAULTS",
     "OPEN_SET_KEYS",
     "OPEN_SET_MODES",
     "OPEN_SET_STREAM",
     "check_open_set",
     "known_classes",
     "open_set_mode",
-    "setting",
+    "mode_keys",
 ]
 
 OPEN_SET_MODES = ("none", "class_split", "cross_dataset")
@@ -46,26 +45,6 @@ _MODE_KEYS: dict[str, tuple[str, ...]] = {
 #: Every key of the ``open_set`` group.
 OPEN_SET_KEYS = _COMMON + _MODE_KEYS["class_split"] + _MODE_KEYS["cross_dataset"] + _BUDGET
 
-#: The value of a key the node leaves out (OS-FAL spec 6).
-DEFAULTS: dict[str, Any] = {
-    "num_known": 6,
-    "known_classes": None,
-    "class_order": "natural",
-    "split_seed": 1,
-    "unknown_dataset": "fashion_mnist",
-    "unknown_ratio": 0.4,
-    "partition": "joint",
-    "unknown_alpha": 0.5,
-    "detection_test": False,
-    "log_picks": False,
-    "detector": "federated",
-    "detector_epochs": 20,
-    "initial_ratio": 0.02,
-    "query_ratio": 0.03,
-    "cycles": 6,
-}
-
-
 # --- configuration --------------------------------------------------------------------------------
 
 
@@ -77,9 +56,9 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-def setting(spec: Mapping[str, Any], key: str) -> Any:
-    """``spec[key]``, or its default in :data:`DEFAULTS` when the node leaves it out."""
-    return spec[key] if key in spec else DEFAULTS[key]
+def mode_keys(mode: str) -> tuple[str, ...]:
+    """The keys of the ``open_set`` group in ``mode`` (``none``: only ``name`` and ``mode``)."""
+    return ("name", "mode") if mode == "none" else _COMMON + _MODE_KEYS[mode] + _BUDGET
 
 
 def open_set_mode(spec: Mapping[str, Any] | None) -> str:
@@ -98,14 +77,6 @@ def open_set_mode(spec: Mapping[str, Any] | None) -> str:
     if mode not in OPEN_SET_MODES:
         raise invalid("open_set.mode", mode, "one of " + ", ".join(OPEN_SET_MODES))
     return str(mode)
-
-
-def _num_known(spec: Mapping[str, Any]) -> Any:
-    """``num_known``; left out with ``known_classes`` given, it is their count."""
-    given = spec.get("known_classes")
-    if "num_known" not in spec and isinstance(given, Sequence) and not isinstance(given, str):
-        return len(given)
-    return setting(spec, "num_known")
 
 
 #: key -> (accepts the value, what is allowed); num_known and known_classes depend on C.
@@ -130,8 +101,8 @@ def check_open_set(spec: Mapping[str, Any] | None, num_classes: int) -> None:
     """Check an ``open_set`` node against a dataset of ``num_classes`` classes.
 
     Mode ``none`` (or no node) only checks that every key belongs to the group; the other modes
-    also refuse the other mode's keys and check every value, a left-out key taking
-    :data:`DEFAULTS`.
+    also refuse the other mode's keys, need every key of their mode (the group's yaml files,
+    ``conf/open_set/*.yaml``, are the one source of defaults) and check every value.
 
     Parameters
     ----------
@@ -148,7 +119,7 @@ def check_open_set(spec: Mapping[str, Any] | None, num_classes: int) -> None:
     mode = open_set_mode(spec)
     if spec is None:
         return
-    allowed = OPEN_SET_KEYS if mode == "none" else _COMMON + _MODE_KEYS[mode] + _BUDGET
+    allowed = OPEN_SET_KEYS if mode == "none" else mode_keys(mode)
     for key in spec:
         if key not in allowed:
             keys = ", ".join(allowed)
@@ -161,10 +132,16 @@ def check_open_set(spec: Mapping[str, Any] | None, num_classes: int) -> None:
         raise invalid("open_set.name", spec["name"], "a string")
     if mode == "none":
         return
+    missing = [key for key in allowed if key not in spec and key not in ("name", "mode")]
+    if missing:
+        raise ConfigError(
+            f"open_set mode {mode!r} is missing key(s) {', '.join(missing)}: select the group "
+            f"(open_set={mode}, whose conf/open_set/{mode}.yaml sets every key) or give them all"
+        )
     if mode == "class_split":
         _check_known(spec, num_classes)
     for key in allowed:
-        if key in _RULES and not _RULES[key][0](value := setting(spec, key)):
+        if key in _RULES and not _RULES[key][0](value := spec[key]):
             raise invalid(f"open_set.{key}", value, _RULES[key][1])
 
 
@@ -173,10 +150,10 @@ def _check_known(spec: Mapping[str, Any], num_classes: int) -> None:
         raise ConfigError(
             f"open_set mode 'class_split' needs at least 2 classes, got {num_classes}"
         )
-    k = _num_known(spec)
+    k = spec["num_known"]
     if not _is_int(k) or not 1 <= k <= num_classes - 1:
         raise invalid("open_set.num_known", k, f"an integer in [1, {num_classes - 1}]")
-    given = setting(spec, "known_classes")
+    given = spec["known_classes"]
     if given is None:
         return
     items = list(given) if isinstance(given, Sequence) and not isinstance(given, str) else None
@@ -205,11 +182,11 @@ def known_classes(spec: Mapping[str, Any] | None, num_classes: int) -> list[int]
     check_open_set(spec, num_classes)
     if spec is None or open_set_mode(spec) != "class_split":
         return list(range(num_classes))
-    given = setting(spec, "known_classes")
+    given = spec["known_classes"]
     if given is not None:
         return sorted(int(c) for c in given)
-    k = int(_num_known(spec))
-    if setting(spec, "class_order") == "natural":
+    k = int(spec["num_known"])
+    if spec["class_order"] == "natural":
         return list(range(k))
-    perm = np.random.default_rng(int(setting(spec, "split_seed"))).permutation(num_classes)
+    perm = np.random.default_rng(int(spec["split_seed"])).permutation(num_classes)
     return sorted(int(c) for c in perm[:k])

@@ -239,10 +239,10 @@ class OpenSetActiveLearning(ActiveLearning):
         b0, b = open_set_budgets(
             pools,
             known,
-            initial_ratio=float(spec.get("initial_ratio", 0.02)),
-            query_ratio=float(spec.get("query_ratio", 0.03)),
+            initial_ratio=float(spec["initial_ratio"]),
+            query_ratio=float(spec["query_ratio"]),
         )
-        check_budgets(cfg, pools, known, b0, b, int(spec.get("cycles", 6)))
+        check_budgets(cfg, pools, known, b0, b, int(spec["cycles"]))
 
     # ---- setup --------------------------------------------------------------------------------
     def on_nodes(self, wf: Workflow, grid: Grid, *, resumed: bool) -> None:
@@ -259,10 +259,10 @@ class OpenSetActiveLearning(ActiveLearning):
         b0, b = open_set_budgets(
             pools,
             known,
-            initial_ratio=float(spec.get("initial_ratio", 0.02)),
-            query_ratio=float(spec.get("query_ratio", 0.03)),
+            initial_ratio=float(spec["initial_ratio"]),
+            query_ratio=float(spec["query_ratio"]),
         )
-        cycles = int(spec.get("cycles", 6))
+        cycles = int(spec["cycles"])
         check_budgets(cfg, pools, known, b0, b, cycles)
         init = self._ask(
             wf, grid, {C.CONFIG_KEY: {C.FAL_PHASE: C.FAL_PHASE_INIT, C.FAL_BUDGET: b0}}
