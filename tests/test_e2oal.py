@@ -20,7 +20,7 @@ from clients.learners.edl import (
     dirichlet_kl_uniform,
     edl_loss,
 )
-from clients.query import ModelOutputs, QueryInputs, build_query
+from clients.query import build_query
 from clients.query.e2oal import (
     TAU_KEY,
     E2OALQuery,
@@ -33,6 +33,7 @@ from clients.query.e2oal import (
 )
 from fedsim.data.client_data import ClientData
 from fedsim.errors import ConfigError
+from tests.osal_fakes import model_outputs, three_groups
 
 LN2 = math.log(2.0)
 
@@ -293,49 +294,8 @@ def test_update_tau(tau, prec, want):
 # ---- the strategy on a fake client ----------------------------------------------------------
 
 
-def _outputs(logits: np.ndarray) -> ModelOutputs:
-    z = np.asarray(logits, dtype=np.float64)
-    m = z.max(1, keepdims=True)
-    lse = np.log(np.exp(z - m).sum(1, keepdims=True)) + m
-    return ModelOutputs(log_probs=z - lse, features=np.zeros((len(z), 2)), logits=z)
-
-
-def _inputs(state: dict, *, budget: int = 4, unknowns: bool = True, seed: int = 7) -> QueryInputs:
-    """K = 2. Labeled: 2 of class 0, 2 of class 1, 2 unknowns (or 2 more knowns). Unlabeled
-    groups of 10: A (class 0 like), B (class 1 like), C (unknown like: D's unknown logit is
-    high)."""
-    rng = np.random.default_rng(3)
-
-    def group(det, tgt, m):
-        return (
-            np.array(det) + rng.normal(0, 0.3, (m, 3)),
-            np.array(tgt) + rng.normal(0, 0.5, (m, 2)),
-        )
-
-    parts = [
-        group([8, 0, -4], [2, 0], 2),
-        group([0, 8, -4], [0, 2], 2),
-        group([0, 0, 6], [1, 1], 2),
-        group([8, 0, -4], [2, 0], 10),
-        group([0, 8, -4], [0, 2], 10),
-        group([0, 0, 6], [1, 1], 10),
-    ]
-    det, tgt = (np.vstack([p[i] for p in parts]) for i in range(2))
-    labeled = np.zeros(36, bool)
-    labeled[:6] = True
-    labels = np.full(36, -1)
-    labels[:6] = [0, 0, 1, 1, 2, 2] if unknowns else [0, 0, 1, 1, 0, 1]
-    outs = {"detector": _outputs(det), "global": _outputs(tgt)}
-    return QueryInputs(
-        labeled=labeled,
-        labels=labels,
-        budget=budget,
-        num_classes=2,
-        rng=np.random.default_rng(seed),
-        outputs=lambda kind: outs[kind],
-        unknown_label=2,
-        state=state,
-    )
+_outputs = model_outputs
+_inputs = three_groups
 
 
 def test_select_avoids_unknown_like_samples_and_updates_tau():

@@ -28,15 +28,11 @@ from clients.query.eaoa import (
 from clients.query.lfosa import LfOSAQuery, lfosa_order, lfosa_scores, mav_known_score
 from fedsim.data.client_data import ClientData
 from fedsim.errors import ConfigError
+from tests.osal_fakes import model_outputs, three_groups
 
 
 def _outputs(logits: np.ndarray, features: np.ndarray | None = None) -> ModelOutputs:
-    z = np.asarray(logits, dtype=np.float64)
-    lse = np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) + z.max(
-        1, keepdims=True
-    )
-    feats = np.zeros((len(z), 2)) if features is None else features
-    return ModelOutputs(log_probs=z - lse, features=feats, logits=z)
+    return model_outputs(logits, features)
 
 
 # ---- LfOSA ------------------------------------------------------------------------------------
@@ -208,42 +204,8 @@ def test_update_k(k, prec, step, want):
 
 
 def _eaoa_inputs(state: dict, budget: int = 4) -> QueryInputs:
-    """K = 2. Labeled: 2 of class 0, 2 of class 1, 2 unknowns. Unlabeled groups of 10: A (class
-    0 like), B (class 1 like), C (unknown like: D's unknown logit is high, its embedding is the
-    labeled unknowns', and T is unsure about it)."""
-    rng = np.random.default_rng(3)
-
-    def group(det, emb, tgt, m):
-        return (
-            np.array(det) + rng.normal(0, 0.3, (m, 3)),
-            np.array(emb) + rng.normal(0, 0.05, (m, 3)),
-            np.array(tgt) + rng.normal(0, 0.3, (m, 2)),
-        )
-
-    parts = [
-        group([8, 0, -4], [1, 0, 0], [3, 0], 2),
-        group([0, 8, -4], [0, 1, 0], [0, 3], 2),
-        group([0, 0, 6], [0, 0, 1], [1, 1], 2),
-        group([8, 0, -4], [1, 0, 0], [3, 0], 10),
-        group([0, 8, -4], [0, 1, 0], [0, 3], 10),
-        group([0, 0, 6], [0, 0, 1], [1, 1], 10),
-    ]
-    det, emb, tgt = (np.vstack([p[i] for p in parts]) for i in range(3))
-    labeled = np.zeros(36, bool)
-    labeled[:6] = True
-    labels = np.full(36, -1)
-    labels[:6] = [0, 0, 1, 1, 2, 2]
-    outs = {"detector": _outputs(det, emb), "global": _outputs(tgt)}
-    return QueryInputs(
-        labeled=labeled,
-        labels=labels,
-        budget=budget,
-        num_classes=2,
-        rng=np.random.default_rng(7),
-        outputs=lambda kind: outs[kind],
-        unknown_label=2,
-        state=state,
-    )
+    """The shared three-group client with detector embeddings (see :mod:`tests.osal_fakes`)."""
+    return three_groups(state, budget=budget, embedding=True, target_margin=3.0, target_noise=0.3)
 
 
 def test_eaoa_select_avoids_unknown_like_samples():
