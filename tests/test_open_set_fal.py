@@ -50,6 +50,26 @@ def test_cycle_metrics_by_hand() -> None:
     assert m["labeled_unknown_per_client"] == [1, 2]
 
 
+def test_each_open_set_strategy_declares_its_known_score() -> None:
+    """Spec section 1.5's per-method known-scores on hand logits (K = 2)."""
+    from clients.query import build_query
+
+    z = np.array([[3.0, 1.0, 0.0], [0.0, 1.0, 5.0]])
+    lse = np.log(np.exp(z[:, :2]).sum(1))
+    softplus = np.log1p(np.exp(z[:, 2]))
+    p_unknown = np.exp(z[:, 2]) / np.exp(z).sum(1)
+    want = {
+        "lfosa": [3.0, -np.inf],  # the MAV; -inf where D predicts unknown
+        "eaoa": (lse - softplus).tolist(),  # -e1
+        "bual": (1 - p_unknown).tolist(),
+        "e2oal": [3.0 - 0.0, 1.0 - 5.0],  # max known logit - max unknown logit
+    }
+    for name, expected in want.items():
+        got = build_query(name, {}).known_score(z, 2)
+        assert got is not None and np.allclose(got, expected), name
+    assert build_query("entropy", {}).known_score(z, 2) is None
+
+
 def test_auroc_by_hand() -> None:
     # positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs won
     assert auroc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1], bool)) == 0.75
@@ -193,6 +213,8 @@ def test_open_set_run_charges_every_pick_and_reports_true_precision(lfosa_run) -
     assert recalls == sorted(recalls) and recalls[0] > 0
     assert len(stages[-1]["per_class_accuracy"]) == k  # the test split holds known classes only
     assert 0 <= summary["final_auroc_msp"] <= 1 and 0 <= summary["final_auroc_detector"] <= 1
+    assert 0 <= summary["final_auroc_method"] <= 1  # LfOSA's own MAV score
+    assert all("auroc_method" in r for r in stages)
 
 
 def test_open_set_run_is_deterministic(lfosa_run, tmp_path: Path) -> None:

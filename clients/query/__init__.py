@@ -156,6 +156,12 @@ class QueryStrategy:
         (e.g. LfOSA's temperatures); the optimizer settings come from ``cfg.local``."""
         return {}
 
+    def known_score(self, det_logits: np.ndarray, num_known: int) -> np.ndarray | None:
+        """The strategy's own known-score of the detector's raw logits ``[N, K + 1]``, higher
+        for known-looking samples (the detection AUROC of spec section 1.5); ``None``: the
+        strategy has no detector."""
+        return None
+
     def models(self) -> set[str]:
         """Query models this strategy reads (besides nothing: ``global`` is always available)."""
         return {"global"}

@@ -288,6 +288,12 @@ class BualQuery(QueryStrategy):
         """Plain CE for the aux net (BUAL's ``f_aux``): both temperatures 1."""
         return {"known_T": 1.0, "unknown_T": 1.0}
 
+    def known_score(self, det_logits: np.ndarray, num_known: int) -> np.ndarray:
+        """``1 - p_aux(K)``: the auxiliary net's probability of a known class."""
+        z = np.asarray(det_logits, dtype=np.float64)
+        p = np.exp(z - z.max(axis=1, keepdims=True))
+        return 1.0 - p[:, num_known] / p.sum(axis=1)
+
     def models(self) -> set[str]:
         return {"global"}
 

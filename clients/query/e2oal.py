@@ -283,6 +283,10 @@ class E2OALQuery(QueryStrategy):
         self.cluster_features = cluster_features
         self.js_form = js_form
 
+    def known_score(self, det_logits: np.ndarray, num_known: int) -> np.ndarray:
+        """The purity margin ``m`` (:func:`purity_margin`, after cycle 0)."""
+        return purity_margin(det_logits, num_known, cycle0=False)
+
     def models(self) -> set[str]:
         return {"global", "detector"}
 

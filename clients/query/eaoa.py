@@ -294,6 +294,10 @@ class EAOAQuery(QueryStrategy):
     def detector_params(self) -> dict[str, Any]:
         return {"energy_weight": self.energy_weight, "m_in": self.m_in, "m_out": self.m_out}
 
+    def known_score(self, det_logits: np.ndarray, num_known: int) -> np.ndarray:
+        """``-e1`` (:func:`known_energy`): low energy is known."""
+        return -known_energy(det_logits, num_known)
+
     def models(self) -> set[str]:
         return {"global", "detector"}
 

@@ -109,6 +109,9 @@ class LfOSAQuery(QueryStrategy):
     def detector_params(self) -> dict[str, Any]:
         return {"known_T": self.known_T, "unknown_T": self.unknown_T}
 
+    def known_score(self, det_logits: np.ndarray, num_known: int) -> np.ndarray:
+        return mav_known_score(det_logits, num_known)
+
     def models(self) -> set[str]:
         return {"detector"}
 

@@ -32,6 +32,7 @@ from server.components.fal import ActiveLearning
 from server.fal_math import aulc, tail_classes
 
 if TYPE_CHECKING:
+    from clients.query import QueryStrategy
     from fedsim.federation import Federation
     from server.workflow import Workflow
 
@@ -118,9 +119,13 @@ def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def detection_aurocs(wf: Workflow, arrays: Any) -> dict[str, float]:
+def detection_aurocs(
+    wf: Workflow, arrays: Any, strategy: QueryStrategy | None = None
+) -> dict[str, float]:
     """Known-vs-unknown AUROCs on the detection test set (spec section 1.5): the target's maximum
-    softmax probability, and with a detector its known score ``1 - p_D(unknown)``."""
+    softmax probability, and with a detector its known score ``1 - p_D(unknown)`` and the
+    strategy's own known-score (:meth:`QueryStrategy.known_score`: LfOSA's MAV, EAOA's
+    ``-e1``, BUAL's ``1 - p_aux(K)``, E2OAL's margin ``m``)."""
     import torch
 
     from clients.query.local_only import infer
@@ -135,8 +140,12 @@ def detection_aurocs(wf: Workflow, arrays: Any) -> dict[str, float]:
     out = {"auroc_msp": auroc(infer(model, x, data.mean, data.std, **kw).probs.max(1), known)}
     det = getattr(model, "detector", None)
     if isinstance(det, torch.nn.Module):
-        p = infer(det, x, data.mean, data.std, **kw).probs  # type: ignore[arg-type]
-        out["auroc_detector"] = auroc(1.0 - p[:, -1], known)
+        det_out = infer(det, x, data.mean, data.std, **kw)  # type: ignore[arg-type]
+        out["auroc_detector"] = auroc(1.0 - det_out.probs[:, -1], known)
+        z = det_out.logits if det_out.logits is not None else det_out.log_probs
+        own = None if strategy is None else strategy.known_score(z, data.num_classes)
+        if own is not None:
+            out["auroc_method"] = auroc(own, known)
     return out
 
 
@@ -341,7 +350,7 @@ class OpenSetActiveLearning(ActiveLearning):
         record["labels_spent_before"] = int(st["spent"][stage])
         record["labeled_known_before"] = int(st["labeled_known"][stage])
         if wf.federation.detection is not None:
-            aurocs = detection_aurocs(wf, arrays)
+            aurocs = detection_aurocs(wf, arrays, self.query)
             record.update(aurocs)
             st["auroc"] = [*st.get("auroc", []), aurocs]
         return record
@@ -364,5 +373,6 @@ class OpenSetActiveLearning(ActiveLearning):
         if st.get("auroc"):
             out["final_auroc_msp"] = st["auroc"][-1]["auroc_msp"]
             out["final_auroc_detector"] = st["auroc"][-1].get("auroc_detector")
+            out["final_auroc_method"] = st["auroc"][-1].get("auroc_method")
         out["open_set"] = str((open_set_spec(wf.cfg) or {}).get("mode"))
         return out
