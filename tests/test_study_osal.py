@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from fedsim import constants as C
 from fedsim.study import STUDY_REPORTS, cache, load_study, parse_study, plan
 from fedsim.study.runner import PlannedRun
+from fedsim.study.spec import study_path
 from server import study_reports_osal as osal
 
 NAN = math.nan
@@ -175,3 +176,26 @@ def test_the_control_studies_share_their_default_cells_with_open_set_fal(
         assert modes == {"dirichlet": "dirichlet", "iid": "iid", "separate": "dirichlet"}
         sep = next(r for r in runs if r.cell.label(axis) == "separate")
         assert sep.cfg.open_set.partition == "separate"
+
+
+def test_the_main_study_covers_the_spec_settings_and_strategies(tmp_path: Path) -> None:
+    spec = load_study("open_set_fal")
+    settings = [c.label("setting") for c in spec.cells]
+    assert set(settings) == {
+        "S1_K6", "S2_K2", "S2_K3", "S2_K4", "S2b_K8",
+        "S3_u0.4", "S3_u0.6", "S3_u0.7", "S3_u0.8",
+    }  # fmt: skip
+    methods = {c.label("method") for c in spec.cells}
+    assert methods == {"random", "entropy", "fairfal", "lfosa", "bual", "eaoa"}
+    assert spec.baseline == {"method": "entropy"} and tuple(spec.seeds) == (0, 1, 2)
+    node = OmegaConf.to_container(OmegaConf.load(study_path("open_set_fal")), resolve=True)
+    assert isinstance(node, dict)
+    node["axes"]["method"] = {"lfosa": node["axes"]["method"]["lfosa"]}
+    node["axes"]["setting"] = {k: node["axes"]["setting"][k] for k in ("S2b_K8", "S3_u0.6")}
+    small = parse_study({**node, "seeds": [0], "baseline": {}, "output": str(tmp_path)})
+    runs = {r.cell.label("setting"): r.cfg for r in plan(small, root=tmp_path)}
+    k8, s3 = runs["S2b_K8"], runs["S3_u0.6"]
+    assert (k8.open_set.mode, k8.open_set.num_known) == ("class_split", 8)
+    assert (s3.open_set.mode, s3.open_set.unknown_ratio) == ("cross_dataset", 0.6)
+    assert k8.open_set.log_picks and k8.max_train_samples == 12000 and k8.num_clients == 10
+    assert (k8.partition.name, k8.partition.alpha, k8.query.name) == ("dirichlet", 0.5, "lfosa")
