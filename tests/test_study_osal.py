@@ -188,8 +188,9 @@ def test_the_main_study_covers_the_spec_settings_and_strategies(tmp_path: Path) 
     methods = {c.label("method") for c in spec.cells}
     assert methods == {"random", "entropy", "fairfal", "lfosa", "bual", "eaoa"}
     assert spec.baseline == {"method": "entropy"} and tuple(spec.seeds) == (0, 1, 2)
-    node = OmegaConf.to_container(OmegaConf.load(study_path("open_set_fal")), resolve=True)
-    assert isinstance(node, dict)
+    raw = OmegaConf.to_container(OmegaConf.load(study_path("open_set_fal")), resolve=True)
+    assert isinstance(raw, dict)
+    node: dict[str, Any] = {str(k): v for k, v in raw.items()}
     node["axes"]["method"] = {"lfosa": node["axes"]["method"]["lfosa"]}
     node["axes"]["setting"] = {k: node["axes"]["setting"][k] for k in ("S2b_K8", "S3_u0.6")}
     small = parse_study({**node, "seeds": [0], "baseline": {}, "output": str(tmp_path)})
