@@ -280,7 +280,8 @@ def detector_rows(runs: Sequence[PlannedRun], spec: StudySpec) -> list[Row]:
 
 def detector_table(rows: list[Row], titles: list[str]) -> str:
     """Per group of the other axes (and pooled over them) and client group: the mean lift of
-    each detector and federated minus local, paired by seed (pooled: by seed and group)."""
+    each detector and federated minus local, paired by seed (pooled: by seed and group, so a
+    unit is one pair of runs)."""
     head = "| group | clients | seeds | federated lift | local lift | federated − local (wins/n) |"
     lines = [head, "|" + " --- |" * 6]
     for title in [*titles, "pooled"]:
@@ -313,7 +314,7 @@ def osal_detector_control(
         "their local detector had before each query, averaged over the cycles: `small` at or "
         "below it, `large` above. A client's lift is its precision minus its pool's known "
         "share, averaged over the cycles; a row gives the mean over its group's clients and "
-        "seeds, and federated minus local paired by seed (pooled: by seed and setting). Spec "
+        "seeds, and federated minus local paired by seed (pooled: every pair of the other axes and seeds). Spec "
         "claim 4 expects federated − local > 0 on the `small` clients."
     )
     parts.append(detector_table(rows, [t for t, _ in _groups(spec, (DETECTOR,))]))
