@@ -17,6 +17,7 @@ tables leave out.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -300,6 +301,66 @@ def detector_table(rows: list[Row], titles: list[str]) -> str:
     return "\n".join(lines)
 
 
+#: Per-run numbers the pooled detector table pairs: (label, summary key or record reader, scale).
+POOLED = (
+    ("mean query precision (points)", MEAN_PRECISION, 100),
+    ("final accuracy (points)", C.FINAL_ACCURACY, 100),
+    ("AULC (points)", C.AULC, 100),
+    ("accuracy after the first query (points)", "stage1_accuracy", 100),
+    ("class entropy of the first query's known picks", "entropy_cycle0", 1),
+    ("class entropy of the known picks, mean over cycles", "entropy_mean", 1),
+)
+
+
+def run_numbers(run: PlannedRun) -> dict[str, float]:
+    """A made run's summary numbers and, from its stage records, the stage-1 accuracy and the
+    normalised class entropy of the known picks (first cycle, and mean over the cycles)."""
+    summary = json.loads((run.dir / C.SUMMARY_FILE).read_text())
+    out = {
+        k: float(v)
+        for k, v in summary.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    stages = [r for r in read_metrics(run.dir) if r.get(C.RECORD_KIND) == "stage"]
+    ent = [float(r[C.QUERY_ENTROPY]) for r in stages if C.QUERY_ENTROPY in r]
+    if len(stages) > 1 and C.EVAL_ACCURACY in stages[1]:
+        out["stage1_accuracy"] = float(stages[1][C.EVAL_ACCURACY])
+    if ent:
+        out["entropy_cycle0"], out["entropy_mean"] = ent[0], float(np.mean(ent))
+    return out
+
+
+def pooled_table(spec: StudySpec, runs: Sequence[PlannedRun]) -> str:
+    """Per method: local minus federated, each number of :data:`POOLED` paired over every
+    (setting, seed) with both runs made."""
+    done = {(tuple(sorted(dict(r.cell.labels).items())), r.seed): r for r in _done(runs)}
+    head = "| method | number | pairs | federated | local | local − federated (wins/n) |"
+    lines = [head, "|" + " --- |" * 6]
+    for m in axis_order(spec).get(METHOD, []):
+        pairs = []
+        for _, want in _groups(spec, (DETECTOR, METHOD)):
+            for seed in spec.seeds:
+                got = [
+                    done.get((tuple(sorted({**want, METHOD: m, DETECTOR: d}.items())), seed))
+                    for d in (FEDERATED, LOCAL)
+                ]
+                if got[0] is not None and got[1] is not None:
+                    pairs.append((run_numbers(got[0]), run_numbers(got[1])))
+        for label, key, scale in POOLED:
+            fed = {i: f[key] for i, (f, lo) in enumerate(pairs) if key in f and key in lo}
+            loc = {i: pairs[i][1][key] for i in fed}
+            if not fed:
+                continue
+            p = paired_difference(loc, fed)
+            digits = 1 if scale == 100 else 2
+            lines.append(
+                f"| {m} | {label} | {len(fed)} | {scale * np.mean(list(fed.values())):.{digits}f} "
+                f"| {scale * np.mean(list(loc.values())):.{digits}f} | "
+                f"{format_paired(p, scale=scale, digits=digits)} |"
+            )
+    return "\n".join(lines)
+
+
 @STUDY_REPORTS.register("osal_detector_control")
 def osal_detector_control(
     spec: StudySpec, runs: list[PlannedRun], run_rows: list[Row], rounds: list[Row], where: Path
@@ -318,4 +379,10 @@ def osal_detector_control(
         "claim 4 expects federated − local > 0 on the `small` clients."
     )
     parts.append(detector_table(rows, [t for t, _ in _groups(spec, (DETECTOR,))]))
+    parts.append(
+        "**Local minus federated detector, pooled over the settings** (each pair: one setting "
+        "and seed; class entropy: the normalised entropy of a cycle's known-pick class "
+        "histogram, 1 = balanced)"
+    )
+    parts.append(pooled_table(spec, runs))
     return "\n\n".join(parts)

@@ -69,11 +69,11 @@ DET = parse_study(
 )
 
 
-def _run(tmp: Path, cell, seed: int, recs: list[dict]) -> PlannedRun:  # type: ignore[no-untyped-def]
+def _run(tmp: Path, cell, seed: int, recs: list[dict], summary: dict | None = None) -> PlannedRun:  # type: ignore[no-untyped-def]
     d = tmp / f"{cell.name.replace(' ', '_')}_{seed}"
     d.mkdir(parents=True)
     (d / C.METRICS_FILE).write_text("\n".join(json.dumps(r) for r in recs) + "\n")
-    (d / C.SUMMARY_FILE).write_text("{}")
+    (d / C.SUMMARY_FILE).write_text(json.dumps(summary or {}))
     cache.mark_done(d, {})
     return PlannedRun(cell, seed, OmegaConf.create({}), d.name, d)
 
@@ -110,6 +110,27 @@ def test_detector_control_table_pairs_federated_and_local_by_seed(tmp_path: Path
     assert "No seed has both" in STUDY_REPORTS.get("osal_detector_control")(
         DET, runs[:2], [], [], tmp_path
     )
+
+
+def test_pooled_detector_table_pairs_summary_and_record_numbers(tmp_path: Path) -> None:
+    runs = []
+    for cell in DET.cells:
+        local = cell.label("detector") == "local"
+        for seed in (0, 1):
+            recs = [
+                {C.RECORD_KIND: "stage", C.STAGE: t, C.EVAL_ACCURACY: 0.5 + 0.1 * t,
+                 C.QUERY_ENTROPY: (0.9 if local else 0.5) + 0.05 * t}
+                for t in (0, 1, 2)
+            ]  # fmt: skip
+            aulc = 0.8 + 0.1 * local + 0.02 * seed
+            runs.append(_run(tmp_path, cell, seed, recs, {C.AULC: aulc, "flag": True}))
+    text = osal.pooled_table(DET, runs)
+    assert "| lfosa | AULC (points) | 2 | 81.0 | 91.0 | +10.0 [+10.0, +10.0] (2/2) |" in text
+    assert "| lfosa | accuracy after the first query (points) | 2 | 60.0 | 60.0 | +0.0" in text
+    # entropy: first cycle 0.5 vs 0.9; mean over cycles 0.55 vs 0.95
+    assert "| class entropy of the first query's known picks | 2 | 0.50 | 0.90 | +0.40" in text
+    assert "mean over cycles | 2 | 0.55 | 0.95 | +0.40 [+0.40, +0.40] (2/2) |" in text
+    assert "final accuracy" not in text  # not in these summaries: no row
 
 
 QUICK = parse_study(
