@@ -92,10 +92,13 @@ def cycle_rows(runs: Sequence[PlannedRun]) -> list[Row]:
     return rows
 
 
-def _groups(spec: StudySpec, rows: list[Row]) -> list[tuple[str, list[Row]]]:
-    """``(title, rows)`` per combination of the axes other than the method axis."""
+def _groups(
+    spec: StudySpec, rows: list[Row], skip: tuple[str, ...] = (METHOD,)
+) -> list[tuple[str, list[Row]]]:
+    """``(title, rows)`` per combination of the axes outside ``skip`` (default: all but the
+    method axis)."""
     order = axis_order(spec)
-    others = [a for a in spec.axes if a != METHOD]
+    others = [a for a in spec.axes if a not in skip]
     out = []
     for combo in itertools.product(*(order[a] for a in others)):
         sub = [r for r in rows if all(r.get(a) == v for a, v in zip(others, combo, strict=True))]
@@ -214,10 +217,11 @@ def fairfal_choice(
         "r̄ = mean over clients of g_k = min/max of the global model's mean softmax over the "
         "client's labeled classes (on a class-balanced probe of its labeled pool). M_g = G iff "
         "r̄ < threshold; M_u = G iff s_k = 1 - (d_k + r̄)/2 > 0.75, i.e. d_k + r̄ < 0.5. "
-        '"r̄ used" is frozen after the first cycle (Q1); "r̄ computed" is that cycle\'s value. '
-        "Values: mean [min, max] over seeds; the M_u/M_g columns are shares of all clients."
+        '"r̄ used" is frozen after the first cycle (Q1) unless `query.freeze_rbar=false`; '
+        '"r̄ computed" is that cycle\'s value. Values: mean [min, max] over seeds; the M_u/M_g '
+        "columns are shares of all clients. One table per FairFAL configuration (method label)."
     )
-    groups = _groups(spec, rows)
+    groups = _groups(spec, rows, skip=())
     for title, sub in groups:
         parts.append((f"**{title}**\n\n" if title else "") + choice_table(sub))
     name = f"{spec.name}_fairfal_choice.png"

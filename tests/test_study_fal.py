@@ -137,7 +137,7 @@ def test_fairfal_choice_table_and_plot(tmp_path: Path) -> None:
     assert lines[0].endswith("| 0.30 | 0% | 0% | 0.60 |")
     assert lines[1].startswith("| 1 | 0.10 | 2 | 0.70 [0.60, 0.80] | 0.45 [0.40, 0.50] | 0.30-0.60")
     assert "| 50% | 50% |" in lines[1]
-    assert "**beta=0.1**" in text
+    assert "**beta=0.1, method=fairfal**" in text
     assert (tmp_path / "doc" / "falt_fairfal_choice.png").stat().st_size > 1000
     assert "No finished FairFAL run" in fal.fairfal_choice(SPEC, runs[2:], [], [], tmp_path)
 
