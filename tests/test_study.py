@@ -80,6 +80,33 @@ def test_a_study_reuses_its_runs_and_reruns_exactly_the_changed_ones(tmp_path: P
 ONE_METHOD = {"method": {"fedprox": ["strategy=fedprox"]}}
 
 
+def test_archived_runs_survive_a_fresh_checkout(tmp_path: Path) -> None:
+    import shutil
+
+    archive = tmp_path / "archive"
+    spec = _spec(tmp_path, seeds=[0], archive=str(archive))
+    runs = run_study(spec, root=tmp_path, execute=Counting())
+    files = sorted(archive.iterdir())
+    assert [p.name for p in files] == sorted(f"{r.key}.tar.gz" for r in runs)
+    blobs = [p.read_bytes() for p in files]
+    table = _table(spec, tmp_path)
+    # a fresh checkout: no cache, and one run interrupted there before it was complete
+    shutil.rmtree(tmp_path / "studies")
+    runs[1].dir.mkdir(parents=True)
+    (runs[1].dir / C.CONFIG_FILE).write_text("half: made\n")
+    again = Counting()
+    run_study(spec, root=tmp_path, execute=again)
+    assert again.ran == []  # both restored from the archive, none made again
+    assert _table(spec, tmp_path) == table
+    assert not (runs[1].dir / C.CONFIG_FILE).read_text().startswith("half")
+    assert [p.read_bytes() for p in sorted(archive.iterdir())] == blobs  # nothing rewritten
+    for run in runs:  # byte-identical when written again from the same files
+        (archive / f"{run.key}.tar.gz").unlink()
+        assert cache.archive_run(run.dir, archive)
+    assert [p.read_bytes() for p in sorted(archive.iterdir())] == blobs
+    assert not any(n.endswith(".pt") for n in cache._members(files[0]))  # no checkpoints
+
+
 def test_a_killed_study_resumes_and_ends_with_the_same_table(tmp_path: Path) -> None:
     whole = _spec(tmp_path / "a", axes=ONE_METHOD, baseline={}, seeds=[0, 1])
     run_study(whole, root=tmp_path, execute=Counting())
@@ -218,6 +245,7 @@ def test_posthoc_rows_take_the_defended_numbers() -> None:
         ({"plots": [{"metric": "x", "hue": "method", "colour": 1}]}, "plots\\[0\\] parameter"),
         ({"axes": {"method": {"a": "strategy=fedavg"}}}, "a list of override strings"),
         ({"posthoc": {"flain": {"name": "flain"}}}, "one trained label when posthoc"),
+        ({"archive": 3}, "invalid archive=3"),
     ],
 )
 def test_bad_study_declarations_get_one_line(change: dict, message: str) -> None:

@@ -8,15 +8,23 @@ Layout under a study's ``output`` (default ``outputs/studies``)::
     runs/<key>/study.json  written last: the run is complete (cell labels, seed, key)
     runs/<key>.lock        held while a process makes the run (pid, host)
     <study>/               the study's tables (runs.csv, rounds.csv, selections.csv)
+
+A study with an ``archive`` folder (the results studies: ``docs/results/runs``) also keeps each
+complete run's records there as ``<key>.tar.gz`` (config, metrics, summary and post-hoc files:
+no checkpoints), committed with the tables. A fresh checkout restores them into the cache, so
+its report regenerates, and an unfinished study resumes, without making those runs again.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import io
 import json
 import os
 import shutil
 import socket
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,3 +139,73 @@ def clear(run_dir: Path) -> None:
     """Remove what an interrupted run left without a checkpoint."""
     if run_dir.exists():
         shutil.rmtree(run_dir)
+
+
+#: Suffixes of the run files an archive keeps (top level of the run directory only).
+ARCHIVED_SUFFIXES = (".json", ".jsonl", ".csv", ".yaml")
+
+
+def archive_path(run_dir: Path, archive: Path) -> Path:
+    """The archive file of the run in ``run_dir``: ``<archive>/<key>.tar.gz``."""
+    return archive / f"{run_dir.name}.tar.gz"
+
+
+def _archived_files(run_dir: Path) -> list[Path]:
+    return sorted(p for p in run_dir.iterdir() if p.is_file() and p.suffix in ARCHIVED_SUFFIXES)
+
+
+def _members(path: Path) -> list[str]:
+    with tarfile.open(path, "r:gz") as tar:
+        return sorted(tar.getnames())
+
+
+def archive_run(run_dir: Path, archive: Path) -> bool:
+    """Write the complete run in ``run_dir`` to its archive file (byte-identical for the same
+    files: no timestamps), unless that file already holds the same files; True if written."""
+    if not is_done(run_dir):
+        raise ValueError(f"run {run_dir} is not complete: nothing to archive")
+    files = _archived_files(run_dir)
+    target = archive_path(run_dir, archive)
+    if target.is_file() and _members(target) == [p.name for p in files]:
+        return False
+    buf = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for path in files:
+            info = tarfile.TarInfo(path.name)
+            data = path.read_bytes()
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    archive.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, target)
+    return True
+
+
+def restore_run(run_dir: Path, archive: Path) -> bool:
+    """Unpack the archived run of ``run_dir`` into it when the cache lacks a complete run there
+    (what an interrupted run left is replaced); True if restored."""
+    source = archive_path(run_dir, archive)
+    if is_done(run_dir) or not source.is_file():
+        return False
+    clear(run_dir)
+    tmp = run_dir.with_name(f"{run_dir.name}.restoring{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(source, "r:gz") as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or Path(member.name).name != member.name:
+                raise ValueError(f"{source}: unexpected member {member.name!r}")
+            extracted = tar.extractfile(member)
+            assert extracted is not None
+            (tmp / member.name).write_bytes(extracted.read())
+    try:
+        os.replace(tmp, run_dir)
+    except OSError:  # another process restored or made it meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_done(run_dir):
+            raise
+    return True

@@ -168,10 +168,14 @@ def run_and_report(
     execute: Callable[[Any], Any] | None = None,
 ) -> str:
     """``fedsim study NAME``: make the runs (unless ``report_only``), then write the report."""
-    from fedsim.study.runner import plan, run_study
+    from fedsim.study.runner import plan, restore, run_study
     from fedsim.study.spec import load_study
 
     root = Path.cwd() if root is None else root
     spec = load_study(name, overrides)
-    runs = plan(spec, root=root) if report_only else run_study(spec, root=root, execute=execute)
+    if report_only:
+        runs = plan(spec, root=root)
+        restore(spec, runs, root)
+    else:
+        runs = run_study(spec, root=root, execute=execute)
     return write_report(spec, runs, root=root)

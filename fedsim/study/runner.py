@@ -57,6 +57,23 @@ def runs_root(spec: StudySpec, root: Path | None = None) -> Path:
     return study_dir(spec, root).parent / "runs"
 
 
+def archive_dir(spec: StudySpec, root: Path | None = None) -> Path | None:
+    """Where ``spec`` archives its complete runs (relative to ``root``), or None."""
+    if spec.archive is None:
+        return None
+    out = Path(spec.archive)
+    return root / out if not out.is_absolute() and root is not None else out
+
+
+def restore(spec: StudySpec, runs: list[PlannedRun], root: Path | None = None) -> int:
+    """Unpack into the cache each run of ``runs`` that the cache lacks and ``spec``'s archive
+    holds; return how many."""
+    archive = archive_dir(spec, root)
+    if archive is None:
+        return 0
+    return sum(cache.restore_run(run.dir, archive) for run in runs)
+
+
 def plan(spec: StudySpec, *, root: Path | None = None) -> list[PlannedRun]:
     """Compose and check every run of ``spec`` (one :class:`~fedsim.errors.ConfigError` line on
     the first bad one, naming its cell), before any work."""
@@ -120,6 +137,13 @@ def _make(run: PlannedRun, execute: Callable[[DictConfig], Any]) -> None:
     cache.mark_done(run.dir, run.info())
 
 
+def _finish(spec: StudySpec, run: PlannedRun, archive: Path | None) -> None:
+    """Apply the post-hoc variants to the complete ``run``, then archive it (if asked)."""
+    _posthoc(spec, run)
+    if archive is not None:
+        cache.archive_run(run.dir, archive)
+
+
 def _posthoc(spec: StudySpec, run: PlannedRun) -> None:
     """Apply each post-hoc variant of ``spec`` to the finished ``run`` (once)."""
     if not spec.posthoc:
@@ -155,15 +179,18 @@ def run_study(
     """
     runs = plan(spec, root=root)
     progress = Progress(spec, len(runs), out)
+    archive = archive_dir(spec, root)
+    if restored := restore(spec, runs, root):
+        progress.line(f"restored {restored} runs from {archive}")
     if execute is None:
         from fedsim.engine.session import EngineSession, open_session
 
         session = open_session()
         if session is None:
             with EngineSession(runs[0].cfg.engine) as opened:
-                return _run_all(spec, runs, opened.run, progress)
-        return _run_all(spec, runs, session.run, progress)
-    return _run_all(spec, runs, execute, progress)
+                return _run_all(spec, runs, opened.run, progress, archive)
+        return _run_all(spec, runs, session.run, progress, archive)
+    return _run_all(spec, runs, execute, progress, archive)
 
 
 def _run_all(
@@ -171,15 +198,16 @@ def _run_all(
     runs: list[PlannedRun],
     execute: Callable[[DictConfig], Any],
     progress: Progress,
+    archive: Path | None,
 ) -> list[PlannedRun]:
     waiting: list[PlannedRun] = []
     for run in runs:
         if cache.is_done(run.dir):
-            _posthoc(spec, run)
+            _finish(spec, run, archive)
             progress.done += 1
             progress.cached += 1
             continue
-        if not _try(spec, run, execute, progress):
+        if not _try(spec, run, execute, progress, archive):
             waiting.append(run)
     if waiting:
         progress.line(f"waiting for {len(waiting)} runs another process is making")
@@ -188,9 +216,9 @@ def _run_all(
         still = []
         for run in waiting:
             if cache.is_done(run.dir):
-                _posthoc(spec, run)
+                _finish(spec, run, archive)
                 progress.done += 1
-            elif not _try(spec, run, execute, progress):
+            elif not _try(spec, run, execute, progress, archive):
                 still.append(run)
         waiting = still
     progress.line("all runs made")
@@ -198,7 +226,11 @@ def _run_all(
 
 
 def _try(
-    spec: StudySpec, run: PlannedRun, execute: Callable[[DictConfig], Any], progress: Progress
+    spec: StudySpec,
+    run: PlannedRun,
+    execute: Callable[[DictConfig], Any],
+    progress: Progress,
+    archive: Path | None,
 ) -> bool:
     """Claim and make ``run``; False if another live process holds it."""
     claim = cache.try_claim(run.dir.with_suffix(".lock"))
@@ -210,7 +242,7 @@ def _try(
             start = time.perf_counter()
             _make(run, execute)
             progress.seconds.append(time.perf_counter() - start)
-        _posthoc(spec, run)
+        _finish(spec, run, archive)
     finally:
         claim.release()
     progress.done += 1

@@ -43,6 +43,7 @@ KEYS = (
     "plots",
     "doc",
     "output",
+    "archive",
     "reports",
 )
 
@@ -119,7 +120,16 @@ class StudySpec:
     plots: tuple[Plot, ...] = ()
     doc: str | None = None
     output: str = "outputs/studies"
+    archive: str | None = None
     reports: tuple[str, ...] = ()
+
+
+def _archive(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise invalid("archive", value, "a folder for the complete runs' records, or null")
+    return value
 
 
 def _strings(where: str, value: Any) -> tuple[str, ...]:
@@ -327,5 +337,6 @@ def parse_study(node: Mapping[str, Any], *, default_name: str = "study") -> Stud
         plots=_entries(node.get("plots"), axes, Plot, "plots", ("hue", "facet")),
         doc=node.get("doc"),
         output=str(node.get("output") or "outputs/studies"),
+        archive=_archive(node.get("archive")),
         reports=_strings("reports", node.get("reports")),
     )
