@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from omegaconf import DictConfig
 
 from fedsim import constants as C
@@ -281,7 +282,9 @@ def test_runs_whose_clients_keep_state_restart_instead_of_resuming(
     _make(run, lambda c: seen.append((c.get("resume"), (run.dir / C.CONFIG_FILE).exists())))
     # gce's per-client state is not in the checkpoint: its run starts again from an empty dir
     assert seen == [(str(run.dir), True)] if resumes else seen == [(None, False)]
-    assert (run.dir / cache.DONE_FILE).is_file()  # marked complete after the (fake) run
+    done = json.loads((run.dir / cache.DONE_FILE).read_text())  # marked complete after the run
+    assert done["seed"] == 0 and done["key"] == "k"
+    assert done["versions"]["torch"] == torch.__version__.split("+")[0]  # what made the numbers
 
 
 STUDIES = sorted(
@@ -361,3 +364,16 @@ def test_the_run_key_ignores_speed_settings_but_not_the_batched_pass() -> None:
     assert cache.run_key(compose(["rounds=2", "progress=false"])) == base
     assert cache.run_key(compose(["rounds=3"])) != base
     assert cache.run_key(compose(["rounds=2", "engine.vectorize=on"])) != base
+
+
+def test_the_header_lists_the_library_versions_of_the_complete_runs(tmp_path: Path) -> None:
+    from fedsim.study.report import environments
+    from fedsim.study.runner import PlannedRun
+
+    cell = parse_study(TINY).cells[0]
+    runs = [PlannedRun(cell, s, None, f"k{s}", tmp_path / f"k{s}") for s in range(4)]  # type: ignore[arg-type]
+    for run, versions in zip(runs, [{"torch": "2.1"}, {"torch": "2.1"}, None], strict=False):
+        run.dir.mkdir()
+        cache.mark_done(run.dir, {"seed": run.seed, **({"versions": versions} if versions else {})})
+    assert environments(runs) == "torch 2.1 (2 runs); not recorded (1 runs)"  # k3: not made
+    assert environments(runs[3:]) == "no run made yet"

@@ -151,11 +151,15 @@ def test_osal_precision_pairs_against_random_and_tabulates_settling(tmp_path: Pa
             recs = [{**_cycle(t, [0, 0], [0, 0], prec), "osal_k": 4.0 - t} for t in range(5)]
             runs.append(_run(tmp_path, cell, seed, recs))
             mean = (0.5 if eaoa else 0.3) + 0.1 * seed * eaoa
+            acc = 0.9 - 0.05 * eaoa - 0.01 * seed  # eaoa 5 points below random on both seeds
             rows.append(
                 {**dict(cell.labels), "seed": seed, "variant": "trained", osal.MEAN_PRECISION: mean}
+                | {osal.FINAL_ACCURACY: acc}
             )
     text = STUDY_REPORTS.get("osal_precision")(QUICK, runs, rows, [], tmp_path)
     assert "| eaoa | +25.0 [" in text and "(2/2) |" in text  # 0.2 and 0.3 over random
+    accuracy = text.split("Known-class test accuracy")[1]
+    assert "| eaoa | -5.0 [-5.0, -5.0] (0/2) |" in accuracy  # paired: -0.05 on both seeds
     assert "| random | setting=S2_K3 | 2 | 0 % | 30.0 % | 0.0 | - |" in text
     # eaoa: client 0 at 0.6 (inside), client 1 at 0.9: half the clients; k = 4 - 4 at the end
     assert "| eaoa | setting=S2_K3 | 2 | 50 % | 75.0 % | 15.0 | osal_k 0.00 |" in text

@@ -4,6 +4,7 @@ whose hand-written findings, below :data:`FINDINGS_MARKER`, are kept when it is 
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 from collections.abc import Callable, Sequence
@@ -13,6 +14,7 @@ from typing import Any
 from fedsim.outputs import write_text_atomic
 from fedsim.plugins import load_plugins
 from fedsim.registry import Registry
+from fedsim.study import cache
 from fedsim.study.runner import PlannedRun, study_dir
 from fedsim.study.spec import Plot, StudySpec
 from fedsim.study.tables import (
@@ -86,6 +88,20 @@ def plot(spec: StudySpec, p: Plot, rounds: list[Row], order: dict, path: Path) -
     return path
 
 
+def environments(runs: Sequence[PlannedRun]) -> str:
+    """The library versions the complete runs recorded, each set with its run count; runs made
+    before versions were recorded are counted apart."""
+    found: dict[str, int] = {}
+    for run in runs:
+        done = run.dir / cache.DONE_FILE
+        if not done.is_file():
+            continue
+        versions = json.loads(done.read_text()).get("versions")
+        text = ", ".join(f"{k} {v}" for k, v in versions.items()) if versions else "not recorded"
+        found[text] = found.get(text, 0) + 1
+    return "; ".join(f"{text} ({n} runs)" for text, n in found.items()) or "no run made yet"
+
+
 def _header(spec: StudySpec, runs: Sequence[PlannedRun], made: int, root: Path) -> str:
     lines = [
         f"# Study `{spec.name}`",
@@ -96,7 +112,7 @@ def _header(spec: StudySpec, runs: Sequence[PlannedRun], made: int, root: Path) 
         "config hash, so a rerun only makes missing runs)",
         f"- **Scale:** {spec.scale.strip() or 'as configured'}",
         f"- **Seeds:** {', '.join(map(str, spec.seeds))}; **runs:** {made} of {len(runs)} made",
-        f"- **Commit:** `{_commit(root)}`",
+        f"- **Commit:** `{_commit(root)}`; **libraries:** {environments(runs)}",
         f"- **Common overrides:** `{' '.join(spec.base) or '(none)'}`",
         "- Means with a Student-t 95 % interval over seeds; Δ is the paired difference to the "
         "baseline over the seeds both have, with its 95 % interval and the seeds won.",

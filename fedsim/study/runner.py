@@ -8,6 +8,8 @@ share a study's work. Progress (runs done/total, ETA) goes to stdout.
 
 from __future__ import annotations
 
+import importlib.metadata
+import platform
 import sys
 import time
 from collections.abc import Callable
@@ -22,6 +24,20 @@ from fedsim.study.spec import Cell, StudySpec
 
 #: Seconds between looks at runs another process is making.
 POLL_SECONDS = 2.0
+#: Libraries whose versions a complete run records: a run's numbers are bit-exact for a seed only
+#: under the same versions (kernels and default algorithms change between releases).
+RECORDED_LIBRARIES = ("torch", "torchvision", "numpy", "scikit-learn", "flwr", "ray")
+
+
+def library_versions() -> dict[str, str]:
+    """Python's and :data:`RECORDED_LIBRARIES`' installed versions ("-" where one is absent)."""
+    out = {"python": platform.python_version()}
+    for name in RECORDED_LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "-"
+    return out
 
 
 @dataclass
@@ -39,7 +55,12 @@ class PlannedRun:
         return f"{self.cell.name} seed={self.seed}"
 
     def info(self) -> dict[str, Any]:
-        return {"labels": dict(self.cell.labels), "seed": self.seed, "key": self.key}
+        return {
+            "labels": dict(self.cell.labels),
+            "seed": self.seed,
+            "key": self.key,
+            "versions": library_versions(),
+        }
 
 
 def study_dir(spec: StudySpec, root: Path | None = None) -> Path:
