@@ -377,3 +377,37 @@ def test_the_header_lists_the_library_versions_of_the_complete_runs(tmp_path: Pa
         cache.mark_done(run.dir, {"seed": run.seed, **({"versions": versions} if versions else {})})
     assert environments(runs) == "torch 2.1 (2 runs); not recorded (1 runs)"  # k3: not made
     assert environments(runs[3:]) == "no run made yet"
+
+
+def test_a_plot_of_stage_records_draws_them_and_a_missing_metric_gets_a_note(
+    tmp_path: Path,
+) -> None:
+    from fedsim.study.runner import PlannedRun
+
+    plots = [
+        {"metric": "query_precision", "hue": "method", "x": "stage", "records": "stages"},
+        {"metric": "query_precision", "hue": "method", "x": "stage", "title": "from rounds"},
+    ]
+    spec = _spec(tmp_path, plots=plots)
+    runs = []
+    for i, cell in enumerate(spec.cells):
+        d = tmp_path / "runs" / str(i)
+        d.mkdir(parents=True)
+        (d / C.SUMMARY_FILE).write_text(json.dumps({"test_accuracy_at_best_val": 0.5}))
+        records = [{"round": 1, "eval_accuracy": 0.4}]
+        records += [
+            {"kind": "stage", "round": 1, "stage": t, "query_precision": 0.1 * t + i}
+            for t in (1, 2)
+        ]
+        (d / C.METRICS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records))
+        cache.mark_done(d, {"seed": 0})
+        runs.append(PlannedRun(cell, 0, None, str(i), d))  # type: ignore[arg-type]
+    text = write_report(spec, runs, root=tmp_path)
+    assert "![query_precision](t_query_precision_0.png)" in text
+    assert (tmp_path / "studies" / "t" / "t_query_precision_0.png").stat().st_size > 1000
+    assert "(Plot `from rounds`: no run has `query_precision` against `stage` in its rounds" in text
+    assert not (tmp_path / "studies" / "t" / "t_query_precision_1.png").exists()  # no empty figure
+    stages = (tmp_path / "studies" / "t" / "stages.csv").read_text().splitlines()
+    assert len(stages) == 1 + 2 * 2 and stages[0].startswith("method,seed,variant,key,stage")
+    with pytest.raises(ConfigError, match=r"records='cycles': allowed rounds or stages"):
+        _spec(tmp_path, plots=[{**plots[0], "records": "cycles"}])

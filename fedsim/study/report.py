@@ -1,6 +1,6 @@
-"""Writing a study's results: ``runs.csv`` and ``rounds.csv`` in the study directory, then the
-Markdown document (``doc``: header with command, scale, seeds and commit; the tables; the plots)
-whose hand-written findings, below :data:`FINDINGS_MARKER`, are kept when it is regenerated."""
+"""Writing a study's results: ``runs.csv``, ``rounds.csv`` and (FAL studies) ``stages.csv`` in the
+study directory, then the Markdown document (``doc``: header with command, scale, seeds and commit;
+the tables; the plots) whose hand-written findings, below :data:`FINDINGS_MARKER`, are kept when it is regenerated."""
 
 from __future__ import annotations
 
@@ -51,8 +51,13 @@ def _commit(root: Path) -> str:
         return "unknown"
 
 
-def plot(spec: StudySpec, p: Plot, rounds: list[Row], order: dict, path: Path) -> Path | None:
-    """Draw plot ``p`` (the mean over seeds per ``x``) into ``path``; None when nothing to draw."""
+#: Panels per row of a faceted plot; more facets wrap onto further rows.
+MAX_PANELS_PER_ROW = 5
+
+
+def plot(spec: StudySpec, p: Plot, rows: list[Row], order: dict, path: Path) -> Path | None:
+    """Draw plot ``p`` (the mean over seeds per ``x``) of ``rows`` (round or stage rows, as
+    ``p.records`` says) into ``path``; None when no row has the metric against ``x``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,12 +65,18 @@ def plot(spec: StudySpec, p: Plot, rounds: list[Row], order: dict, path: Path) -
 
     facets = [None]
     if p.facet:
-        facets = [f for f in order[p.facet] if any(r.get(p.facet) == f for r in rounds)]
-    if not rounds or not facets:
+        facets = [f for f in order[p.facet] if any(r.get(p.facet) == f for r in rows)]
+    if not rows or not facets:
         return None
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.4), squeeze=False)
-    for ax, facet in zip(axes[0], facets, strict=True):
-        sub = [r for r in rounds if facet is None or r.get(p.facet) == facet]
+    ncols = min(len(facets), MAX_PANELS_PER_ROW)
+    nrows = -(-len(facets) // ncols)
+    fig, grid = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[len(facets) :]:
+        ax.set_visible(False)
+    drawn = 0
+    for ax, facet in zip(axes, facets, strict=False):
+        sub = [r for r in rows if facet is None or r.get(p.facet) == facet]
         for hue in order[p.hue]:
             pts: dict[float, list[float]] = {}
             for r in sub:
@@ -76,11 +87,15 @@ def plot(spec: StudySpec, p: Plot, rounds: list[Row], order: dict, path: Path) -
             if pts:
                 xs = sorted(pts)
                 ax.plot(xs, [sum(pts[x]) / len(pts[x]) for x in xs], marker=".", label=hue)
+                drawn += 1
         ax.set_title(f"{p.facet}={facet}" if facet is not None else (p.title or p.metric))
         ax.set_xlabel(p.x)
         ax.set_ylabel(p.metric)
         ax.grid(alpha=0.3)
-    axes[0][-1].legend(fontsize=7)
+    if not drawn:  # the metric is in none of the rows: no empty figure
+        plt.close(fig)
+        return None
+    axes[len(facets) - 1].legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -135,10 +150,12 @@ def write_report(
     """Write the tidy tables and (when ``spec.doc`` or ``doc`` is set) the document; return its
     Markdown."""
     out_dir = study_dir(spec, root)
-    run_rows, round_rows = collect(spec, runs)
+    run_rows, round_rows, stage_rows = collect(spec, runs)
     lead = [*spec.axes, "seed", "variant", "key"]
     write_csv(out_dir / "runs.csv", run_rows, lead)
     write_csv(out_dir / "rounds.csv", round_rows, [*lead, "round"])
+    if stage_rows:
+        write_csv(out_dir / "stages.csv", stage_rows, [*lead, "stage"])
     rows, choices = apply_selections(spec, run_rows)
     if choices:
         write_csv(out_dir / "selections.csv", choices, ["selection", "chosen", "metric", "value"])
@@ -160,8 +177,14 @@ def write_report(
     where = doc_path.parent if doc_path else out_dir
     for i, p in enumerate(spec.plots):
         name = f"{spec.name}_{p.metric.replace(' ', '')}_{i}.png"
-        if plot(spec, p, round_rows, order, where / name):
+        source = stage_rows if p.records == "stages" else round_rows
+        if plot(spec, p, source, order, where / name):
             parts.append(f"![{p.title or p.metric}]({name})")
+        else:
+            parts.append(
+                f"(Plot `{p.title or p.metric}`: no run has `{p.metric}` against "
+                f"`{p.x}` in its {p.records} records yet.)"
+            )
     import fedsim.study.extras  # noqa: F401  (registers the core's report sections)
 
     for name in spec.reports:

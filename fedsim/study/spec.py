@@ -17,11 +17,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from fedsim.errors import ConfigError, invalid
+from fedsim.schema import spec
 
 STUDY_DIR = Path(__file__).resolve().parents[2] / "conf" / "study"
 #: Metrics a selection may use: the validation split's, never the test split's.
@@ -91,14 +92,17 @@ class Table:
 
 @dataclass(frozen=True)
 class Plot:
-    """A figure: the mean over seeds of the round metric ``metric`` against ``x``, one line per
-    ``hue`` label, one panel per ``facet`` label."""
+    """A figure: the mean over seeds of the metric ``metric`` against ``x``, one line per
+    ``hue`` label, one panel per ``facet`` label, drawn from the runs' round records
+    (``records: rounds``) or their per-stage records (``records: stages``: a FAL cycle's query
+    metrics such as ``query_precision``, with ``x: stage``)."""
 
     metric: str
     hue: str
     facet: str | None = None
     x: str = "round"
     title: str = ""
+    records: Annotated[str, spec(choices=("rounds", "stages"))] = "rounds"
 
 
 @dataclass(frozen=True)

@@ -43,13 +43,15 @@ def posthoc_row(base: Row, result: Mapping[str, Any]) -> Row:
     return row
 
 
-def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], list[Row]]:
-    """``(run rows, round rows)`` of the made runs: the axes' labels, the seed, the key and the
-    variant (``trained`` or a post-hoc label), then every number of the summary and, as
-    ``last_<key>``, the last value of each round-record key (run rows), or every number of each
-    round's record (round rows)."""
+def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], list[Row], list[Row]]:
+    """``(run rows, round rows, stage rows)`` of the made runs: the axes' labels, the seed, the
+    key and the variant (``trained`` or a post-hoc label), then every number of the summary
+    and, as ``last_<key>``, the last value of each round-record key (run rows), or every number
+    of each round's record (round rows), or of each per-stage record (stage rows: FAL's query
+    cycles; none for runs without stages)."""
     run_rows: list[Row] = []
     round_rows: list[Row] = []
+    stage_rows: list[Row] = []
     for run in runs:
         if not cache.is_done(run.dir):
             continue
@@ -58,7 +60,10 @@ def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], lis
         trained = {**base, "variant": "trained", **_scalars(summary)}
         last: Row = {}
         for rec in read_metrics(run.dir):
-            if rec.get(C.RECORD_KIND) == "stage" or C.ROUND not in rec:
+            if rec.get(C.RECORD_KIND) == "stage":
+                stage_rows.append({**base, "variant": "trained", **_scalars(rec)})
+                continue
+            if C.ROUND not in rec:
                 continue
             numbers = _scalars(rec)
             round_rows.append({**base, "variant": "trained", **numbers})
@@ -71,7 +76,7 @@ def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], lis
                 row = posthoc_row(trained, json.loads(path.read_text()))
                 row.update({spec.posthoc_axis: label, "variant": label})
                 run_rows.append(row)
-    return run_rows, round_rows
+    return run_rows, round_rows, stage_rows
 
 
 def write_csv(path: Path, rows: Sequence[Row], first: Sequence[str]) -> None:
