@@ -1,6 +1,7 @@
 """Writing a study's results: ``runs.csv``, ``rounds.csv`` and (FAL studies) ``stages.csv`` in the
 study directory, then the Markdown document (``doc``: header with command, scale, seeds and commit;
-the tables; the plots) whose hand-written findings, below :data:`FINDINGS_MARKER`, are kept when it is regenerated."""
+the tables; the plots) whose hand-written findings, below :data:`FINDINGS_MARKER`, are kept when it
+is regenerated."""
 
 from __future__ import annotations
 
