@@ -51,7 +51,7 @@ def _check_model(model: ClassifierModel, in_channels: int, image_size: int) -> N
 
 
 def test_builtin_models_registered() -> None:
-    assert {"mlp", "cnn", "cnn4conv", "resnet8", "resnet18"} <= set(MODELS.names())
+    assert {"mlp", "cnn", "cnn4conv", "resnet8", "resnet18", "resnet34"} <= set(MODELS.names())
 
 
 @pytest.mark.parametrize("name", MODELS.names())
@@ -106,6 +106,7 @@ def test_cnn_flatten_dims() -> None:
 def test_resnet_dims() -> None:
     assert _build("resnet8", 3, 32).embedding_dim == 64
     assert _build("resnet18", 3, 32).embedding_dim == 512
+    assert _build("resnet34", 3, 32).embedding_dim == 512
 
 
 def test_unknown_model_lists_names() -> None:
@@ -171,3 +172,12 @@ def test_same_seed_same_init(name: str) -> None:
 def test_param_count_sane() -> None:
     n = sum(p.numel() for p in _build("resnet18", 3, 32).parameters())
     assert math.isclose(n, 11.17e6, rel_tol=0.01)
+
+
+def test_resnet34_has_torchvisions_blocks_with_a_cifar_stem_and_head() -> None:
+    # torchvision's resnet34 has 21.80M parameters; the CIFAR variant drops its 7x7 stem (9,408)
+    # and 1000-way head (513,000) for a 3x3 stem (1,728) and a 10-way head (5,130): 21.28M.
+    n = sum(p.numel() for p in _build("resnet34", 3, 32).parameters())
+    assert math.isclose(n, 21.28e6, rel_tol=0.002)
+    blocks = [len(stage) for stage in _build("resnet34", 3, 32).stages]
+    assert blocks == [3, 4, 6, 3]

@@ -1,7 +1,7 @@
 """Model registry: classifiers that expose their penultimate embedding.
 
 Importing this package registers the built-in models (``mlp``, ``cnn``, ``cnn4conv``,
-``resnet8``, ``resnet18``) in :data:`MODELS`.
+``resnet8``, ``resnet18``, ``resnet34``) in :data:`MODELS`.
 
 Examples
 --------

@@ -111,3 +111,14 @@ def resnet18(*, num_classes: int, in_channels: int, image_size: int) -> CifarRes
     """
     del image_size
     return CifarResNet(num_classes, in_channels, widths=(64, 128, 256, 512), blocks=(2, 2, 2, 2))
+
+
+@MODELS.register("resnet34")
+def resnet34(*, num_classes: int, in_channels: int, image_size: int) -> CifarResNet:
+    """ResNet-34 (CIFAR variant): ResNet-18's widths with 3/4/6/3 blocks per stage.
+
+    Embedding dim 512 (FedLabel's third-party CIFAR-10 setting uses a ResNet-34). ``image_size``
+    is accepted for a uniform factory signature.
+    """
+    del image_size
+    return CifarResNet(num_classes, in_channels, widths=(64, 128, 256, 512), blocks=(3, 4, 6, 3))
