@@ -411,3 +411,40 @@ def test_a_plot_of_stage_records_draws_them_and_a_missing_metric_gets_a_note(
     assert len(stages) == 1 + 2 * 2 and stages[0].startswith("method,seed,variant,key,stage")
     with pytest.raises(ConfigError, match=r"records='cycles': allowed rounds or stages"):
         _spec(tmp_path, plots=[{**plots[0], "records": "cycles"}])
+
+
+def test_a_run_the_server_stops_is_kept_listed_and_left_out_of_the_tables(tmp_path: Path) -> None:
+    from fedsim.errors import RunStopped
+
+    archive = tmp_path / "archive"
+    spec = _spec(tmp_path, seeds=[0, 1], archive=str(archive))
+    diverging = next(
+        r.dir.name
+        for r in plan(spec, root=tmp_path)
+        if r.cell.label("method") == "fedprox" and r.seed == 1
+    )
+
+    class Diverging(Counting):
+        def __call__(self, cfg: DictConfig) -> Any:
+            if Path(cfg.output_dir).name == diverging:
+                self.ran.append(diverging)
+                raise RunStopped("round 2: 0 of 4 sampled clients replied usably (NaN weights)")
+            return super().__call__(cfg)
+
+    out = io.StringIO()
+    first = Diverging()
+    runs = run_study(spec, root=tmp_path, execute=first, out=out)
+    assert len(first.ran) == 4  # the study went on after the stopped run
+    assert "stopped early: method=fedprox seed=1: round 2: 0 of 4" in out.getvalue()
+    stopped = [r for r in runs if cache.stopped_reason(r.dir) is not None]
+    assert [r.dir.name for r in stopped] == [diverging]
+    assert (archive / f"{diverging}.tar.gz").is_file()  # a fresh checkout reuses it too
+    again = Diverging()
+    run_study(spec, root=tmp_path, execute=again)
+    assert again.ran == []  # a stopped run counts as made
+    text = write_report(spec, plan(spec, root=tmp_path), root=tmp_path)
+    assert "**runs:** 3 of 4 made (1 more stopped early, listed below)" in text
+    assert "- method=fedprox, seed 1: round 2: 0 of 4 sampled clients replied usably" in text
+    assert "| fedprox | " in text and "(n=1)" in text and "(n=2)" in text  # n: complete runs
+    rows = (tmp_path / "studies" / "t" / "runs.csv").read_text().splitlines()
+    assert len(rows) == 1 + 3

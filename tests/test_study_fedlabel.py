@@ -54,7 +54,10 @@ def test_the_fedlabel_studies_plan_the_reference_federation(name: str, tmp_path:
         if run.cfg.local.name != "supervised":
             assert run.cfg.local.mu == 7
     methods = {r.cell.label("method"): r.cfg.local.name for r in runs}
-    assert methods == {"supervised": "supervised", "FixMatch": "fixmatch", "FedLabel": "fedlabel"}
+    expected = {"supervised": "supervised", "FixMatch": "fixmatch", "FedLabel": "fedlabel"}
+    if name == "fedlabel_fmnist":
+        expected["FedLabel_in_round"] = "fedlabel"
+    assert methods == expected
     assert load_study(name).baseline == {"method": "FixMatch"}
     assert sorted({r.seed for r in runs}) == [0, 1, 2, 3, 4]
 
@@ -73,7 +76,10 @@ def test_the_cpu_study_changes_only_data_model_rounds_and_augmentation_cost(
         ("fashion_mnist", "cnn", 40)
     }
     assert {r.cfg.local.get("ra_group", 1) for r in ref} == {1}  # RandAugment per image
-    fedlabel = [r.cfg.local for r in cpu + ref if r.cfg.local.name == "fedlabel"]
-    assert {(c.score, c.beta, c.lambda0, c.local_model) for c in fedlabel} == {
-        ("variance", 0.95, 1.0, "persistent")
+    fedlabel = [r for r in cpu + ref if r.cell.label("method") == "FedLabel"]
+    assert {(r.cfg.local.score, r.cfg.local.beta, r.cfg.local.lambda0) for r in fedlabel} == {
+        ("variance", 0.95, 1.0)
     }
+    assert {r.cfg.local.local_model for r in fedlabel} == {"persistent"}
+    in_round = [r for r in cpu if r.cell.label("method") == "FedLabel_in_round"]
+    assert len(in_round) == 5 and {r.cfg.local.local_model for r in in_round} == {"in_round"}

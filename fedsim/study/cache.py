@@ -38,6 +38,8 @@ from fedsim.outputs import write_json_atomic
 #: Config keys that do not change a run's results (display, where it is written).
 VOLATILE_KEYS = ("output_dir", "resume", "progress", "verbose")
 DONE_FILE = "study.json"
+#: The key of :data:`DONE_FILE` that records why the server stopped a run early.
+STOPPED_KEY = "stopped"
 
 
 def run_key(cfg: DictConfig) -> str:
@@ -119,8 +121,22 @@ def try_claim(lock: Path) -> Claim | None:
 
 
 def is_done(run_dir: Path) -> bool:
-    """Whether the run in ``run_dir`` is complete."""
-    return (run_dir / DONE_FILE).is_file() and (run_dir / C.SUMMARY_FILE).is_file()
+    """Whether the run in ``run_dir`` is made: complete, or stopped early by the server
+    (:func:`stopped_reason`)."""
+    if not (run_dir / DONE_FILE).is_file():
+        return False
+    return (run_dir / C.SUMMARY_FILE).is_file() or stopped_reason(run_dir) is not None
+
+
+def stopped_reason(run_dir: Path) -> str | None:
+    """Why the server stopped the made run in ``run_dir`` early (e.g. every sampled client sent
+    NaN weights: the training diverged), or None. A stopped run is a result of its config, kept
+    like a complete one; delete its directory (and archive) to make it again."""
+    done = run_dir / DONE_FILE
+    if not done.is_file():
+        return None
+    reason = json.loads(done.read_text()).get(STOPPED_KEY)
+    return str(reason) if reason else None
 
 
 def can_resume(run_dir: Path) -> bool:

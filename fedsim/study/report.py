@@ -118,7 +118,32 @@ def environments(runs: Sequence[PlannedRun]) -> str:
     return "; ".join(f"{text} ({n} runs)" for text, n in found.items()) or "no run made yet"
 
 
+#: Characters of a stop reason the report quotes.
+REASON_CHARS = 240
+
+
+def stopped_section(runs: Sequence[PlannedRun]) -> str:
+    """The runs the server stopped early (kept as results, left out of every table and plot),
+    each with its labels, seed and the start of the reason; empty when there are none."""
+    lines = []
+    for run in runs:
+        reason = cache.stopped_reason(run.dir)
+        if reason is None:
+            continue
+        labels = ", ".join(f"{k}={v}" for k, v in run.cell.labels)
+        short = reason if len(reason) <= REASON_CHARS else reason[:REASON_CHARS] + " ..."
+        lines.append(f"- {labels}, seed {run.seed}: {short}")
+    if not lines:
+        return ""
+    return (
+        f"**Stopped early ({len(lines)} runs).** The server stopped these runs before their last "
+        "round; they count as made (a rerun does not repeat them) and are left out of every "
+        "table and plot below, so a cell's n counts only its complete runs.\n\n" + "\n".join(lines)
+    )
+
+
 def _header(spec: StudySpec, runs: Sequence[PlannedRun], made: int, root: Path) -> str:
+    stopped = sum(cache.stopped_reason(r.dir) is not None for r in runs)
     lines = [
         f"# Study `{spec.name}`",
         "",
@@ -127,7 +152,8 @@ def _header(spec: StudySpec, runs: Sequence[PlannedRun], made: int, root: Path) 
         f"- **Command:** `fedsim study {spec.name}` (regenerates this file; runs are cached by "
         "config hash, so a rerun only makes missing runs)",
         f"- **Scale:** {spec.scale.strip() or 'as configured'}",
-        f"- **Seeds:** {', '.join(map(str, spec.seeds))}; **runs:** {made} of {len(runs)} made",
+        f"- **Seeds:** {', '.join(map(str, spec.seeds))}; **runs:** {made} of {len(runs)} made"
+        + (f" ({stopped} more stopped early, listed below)" if stopped else ""),
         f"- **Commit:** `{_commit(root)}`; **libraries:** {environments(runs)}",
         f"- **Common overrides:** `{' '.join(spec.base) or '(none)'}`",
         "- Means with a Student-t 95 % interval over seeds; Δ is the paired difference to the "
@@ -163,6 +189,7 @@ def write_report(
     order = axis_order(spec)
     doc_path = doc or (root / spec.doc if spec.doc else None)
     parts = [_header(spec, runs, len({r["key"] for r in run_rows}), root)]
+    parts.append(stopped_section(runs))
     for t in spec.tables:
         parts.append(markdown_table(spec, t, rows, order))
     if choices:

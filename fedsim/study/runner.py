@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from omegaconf import DictConfig
 
+from fedsim.errors import RunStopped
 from fedsim.study import cache
 from fedsim.study.spec import Cell, StudySpec
 
@@ -141,10 +142,10 @@ class Progress:
         )
 
 
-def _make(run: PlannedRun, execute: Callable[[DictConfig], Any]) -> None:
+def _make(run: PlannedRun, execute: Callable[[DictConfig], Any]) -> str | None:
     """Make ``run`` (resuming an interrupted one, unless its local method keeps per-client state:
-    then it starts again, so that its metrics equal an uninterrupted run's), then mark it
-    complete."""
+    then it starts again, so that its metrics equal an uninterrupted run's), then mark it made;
+    return why the server stopped it early, if it did (the study goes on)."""
     from fedsim.data.weak_clients import stateful_local_methods
     from fedsim.runner import resume_config
 
@@ -154,8 +155,13 @@ def _make(run: PlannedRun, execute: Callable[[DictConfig], Any]) -> None:
         cache.clear(run.dir)
         cfg = run.cfg.copy()
         cfg.output_dir = str(run.dir)
-    execute(cfg)
+    try:
+        execute(cfg)
+    except RunStopped as e:  # e.g. diverged: a result of this config, made again only on request
+        cache.mark_done(run.dir, {**run.info(), cache.STOPPED_KEY: str(e)})
+        return str(e)
     cache.mark_done(run.dir, run.info())
+    return None
 
 
 def _finish(spec: StudySpec, run: PlannedRun, archive: Path | None) -> None:
@@ -167,8 +173,8 @@ def _finish(spec: StudySpec, run: PlannedRun, archive: Path | None) -> None:
 
 def _posthoc(spec: StudySpec, run: PlannedRun) -> None:
     """Apply each post-hoc variant of ``spec`` to the finished ``run`` (once)."""
-    if not spec.posthoc:
-        return
+    if not spec.posthoc or cache.stopped_reason(run.dir) is not None:
+        return  # a stopped run has no final model to defend
     from fedsim.plugins import POSTHOC_DEFENSE, load_object
 
     apply = load_object(POSTHOC_DEFENSE)
@@ -261,7 +267,8 @@ def _try(
         if not cache.is_done(run.dir):  # made meanwhile by the process that held it
             progress.line(f"running {run.name}")
             start = time.perf_counter()
-            _make(run, execute)
+            if (stopped := _make(run, execute)) is not None:
+                progress.line(f"stopped early: {run.name}: {stopped}")
             progress.seconds.append(time.perf_counter() - start)
         _finish(spec, run, archive)
     finally:

@@ -53,8 +53,8 @@ def collect(spec: StudySpec, runs: Sequence[PlannedRun]) -> tuple[list[Row], lis
     round_rows: list[Row] = []
     stage_rows: list[Row] = []
     for run in runs:
-        if not cache.is_done(run.dir):
-            continue
+        if not cache.is_done(run.dir) or cache.stopped_reason(run.dir) is not None:
+            continue  # not made, or stopped early (listed apart by the report)
         summary = json.loads((run.dir / C.SUMMARY_FILE).read_text())
         base: Row = {**dict(run.cell.labels), "seed": run.seed, "key": run.key}
         trained = {**base, "variant": "trained", **_scalars(summary)}
