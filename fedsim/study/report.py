@@ -136,7 +136,8 @@ def stopped_section(runs: Sequence[PlannedRun]) -> str:
     if not lines:
         return ""
     return (
-        f"**Stopped early ({len(lines)} runs).** The server stopped these runs before their last "
+        f"**Stopped early ({len(lines)} {'run' if len(lines) == 1 else 'runs'}).** The server "
+        "stopped these runs before their last "
         "round; they count as made (a rerun does not repeat them) and are left out of every "
         "table and plot below, so a cell's n counts only its complete runs.\n\n" + "\n".join(lines)
     )
